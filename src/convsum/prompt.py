@@ -1,0 +1,88 @@
+"""The one prompt template, turned into token ids the same way for train, evaluate, summarize and serve.
+
+The template is split around `{dialogue}` and each piece is tokenized on its own, so the dialogue
+can be truncated in token space without ever touching the instruction or the summary, and the
+prompt a model sees at inference is token-for-token the prompt it was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from convsum.errors import ConvsumError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+
+class PromptFormatter:
+    def __init__(self, tokenizer, template: str):
+        if "{dialogue}" not in template:
+            raise ConvsumError("prompt template must contain {dialogue}")
+        self.tokenizer = tokenizer
+        self.template = template
+        head, _, tail = template.partition("{dialogue}")
+        # Literal braces are written doubled in the template (str.format rules).
+        head, tail = head.replace("{{", "{").replace("}}", "}"), tail.replace("{{", "{").replace("}}", "}")
+        self.bos = tokenizer("", add_special_tokens=True)["input_ids"]  # [<bos>] or [] (GPT-2 style)
+        self.head = self.bos + self._enc(head)
+        self.tail = self._enc(tail)
+        if tokenizer.eos_token_id is None:
+            raise ConvsumError("the tokenizer has no EOS token; the model could not learn where to stop")
+        self.eos = tokenizer.eos_token_id
+
+    def _enc(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def prompt_ids(self, dialogue: str, max_prompt_tokens: int) -> tuple[list[int], bool]:
+        """Prompt ids with the dialogue cut (at its end) so the whole prompt fits; returns (ids, truncated)."""
+        d = self._enc(dialogue)
+        budget = max_prompt_tokens - len(self.head) - len(self.tail)
+        if budget < 1:
+            raise ConvsumError(f"the prompt template alone is {len(self.head) + len(self.tail)} tokens, "
+                               f"over the limit of {max_prompt_tokens}")
+        truncated = len(d) > budget
+        return self.head + d[:budget] + self.tail, truncated
+
+    def build_train(self, dialogue: str, summary: str, max_length: int) -> Example:
+        """input_ids = prompt + summary + EOS; labels mask the prompt so only summary + EOS are learned."""
+        target = self._enc(summary) + [self.eos]
+        room = max_length - len(target)
+        if room < len(self.head) + len(self.tail) + 1:
+            raise ConvsumError(f"a summary of {len(target) - 1} tokens leaves no room for the dialogue within "
+                               f"data.max_length={max_length}; raise data.max_length")
+        prompt, truncated = self.prompt_ids(dialogue, room)
+        return Example(prompt + target, [IGNORE_INDEX] * len(prompt) + target, truncated)
+
+
+def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a training batch; padding is masked in attention and labels."""
+    n = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), n), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), n), dtype=torch.long)
+    for i, e in enumerate(examples):
+        k = len(e["input_ids"])
+        ids[i, :k] = torch.tensor(e["input_ids"])
+        labels[i, :k] = torch.tensor(e["labels"])
+        mask[i, :k] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad prompts for generation so every row's next token is at the same position."""
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, n - len(s):] = torch.tensor(s)
+        mask[i, n - len(s):] = 1
+    return ids, mask
