@@ -64,17 +64,18 @@ class PromptFormatter:
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a training batch; padding is masked in attention and labels."""
-    n = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), n), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), n), dtype=torch.long)
+    """Left-pad a training batch: every row's summary + EOS then ends at the last position, so the LM head
+    can run on just the last k positions (see train.SummaryTrainer). Explicit position ids keep each row's
+    positions starting at 0, exactly as with right padding."""
+    ids, mask = left_pad([e["input_ids"] for e in examples], pad_id)
+    labels = torch.full_like(ids, IGNORE_INDEX)
     for i, e in enumerate(examples):
-        k = len(e["input_ids"])
-        ids[i, :k] = torch.tensor(e["input_ids"])
-        labels[i, :k] = torch.tensor(e["labels"])
-        mask[i, :k] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        labels[i, ids.shape[1] - len(e["labels"]):] = torch.tensor(e["labels"])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": position_ids(mask)}
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,180 @@
+"""The `convsum` command: a thin table of subcommands, each calling a stage's `main`.
+
+Flags map onto config fields (default < --config YAML < flag); `--set section.field=value` reaches
+any field. A stage given a run folder starts from that run's config.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from convsum.errors import ConvsumError
+
+# flag -> config field, shared by every subcommand that has the flag
+FLAG_FIELDS = {
+    "model": "model.name", "data": "data.source", "output": "train.output_dir", "max_steps": "train.max_steps",
+    "max_train_examples": "data.max_train_examples", "max_new_tokens": "generate.max_new_tokens",
+    "num_beams": "generate.num_beams", "batch_size": "generate.batch_size",
+}
+
+
+def _common(p: argparse.ArgumentParser, *flags: str) -> None:
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override any config field, e.g. --set lora.r=8 (repeatable)")
+    helps = {"model": "base model id or folder", "data": "data folder, .jsonl/.csv file or Hub dataset id",
+             "output": "run folder", "max_steps": "stop after N optimizer steps",
+             "max_train_examples": "use at most N training examples", "max_new_tokens": "max summary tokens",
+             "num_beams": "1 = greedy", "batch_size": "dialogues generated together"}
+    for f in flags:
+        p.add_argument("--" + f.replace("_", "-"), dest=f, type=int if f in (
+            "max_steps", "max_train_examples", "max_new_tokens", "num_beams", "batch_size") else str, help=helps[f])
+
+
+def _config(args, run_dir: str | None = None):
+    from convsum.config import load_config
+
+    path = args.config
+    if path is None and run_dir and (Path(run_dir) / "config.yaml").is_file():
+        path = Path(run_dir) / "config.yaml"
+    overrides = {FLAG_FIELDS[k]: getattr(args, k) for k in FLAG_FIELDS if getattr(args, k, None) is not None}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConvsumError(f"--set {item!r}: expected FIELD=VALUE")
+        overrides[key.strip()] = value
+    return load_config(path, overrides)
+
+
+def cmd_data(args):
+    from convsum import data
+
+    data.main(_config(args))
+
+
+def cmd_train(args):
+    from convsum import train
+
+    run = args.output if args.resume else None
+    result = train.main(_config(args, run_dir=run), resume=args.resume)
+    return 130 if result.get("interrupted") else 0
+
+
+def cmd_evaluate(args):
+    from convsum import evaluate
+
+    evaluate.main(_config(args, run_dir=args.target), target=args.target, base=args.base, split=args.split,
+                  limit=args.limit, output=args.eval_output, compare_base=args.compare_base)
+
+
+def cmd_score(args):
+    from convsum import evaluate
+
+    evaluate.score_main(_config(args), args.predictions, split=args.split, as_json=args.json)
+
+
+def cmd_summarize(args):
+    from convsum import generate
+
+    if args.target is None and not args.base:
+        raise ConvsumError("give a RUN_DIR (or model folder/id) to summarize with, or --base")
+    generate.main(_config(args, run_dir=args.target), args.target, args.input, base=args.base, as_json=args.json)
+
+
+def cmd_demo(args):
+    from convsum import demo
+
+    cfg = None
+    if args.config or args.set or args.model:
+        from convsum.config import load_config
+
+        cfg = load_config(args.config, {**demo.DEMO_OVERRIDES, **({"model.name": args.model} if args.model else {})})
+        for item in args.set:
+            key, _, value = item.partition("=")
+            from convsum.config import set_field
+
+            set_field(cfg, key.strip(), value, where=f"--set {item}")
+    demo.main(cfg, data=args.data, output=args.output or "runs/demo")
+
+
+def cmd_config(args):
+    from convsum.config import field_docs
+
+    for name, default, doc in field_docs():
+        print(f"{name} = {default!r}\n    {doc}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="convsum", description="Fine-tune a causal LM with LoRA to summarize conversations.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="base vs LoRA fine-tuned on held-out dialogues, offline (the main job)")
+    _common(p, "model", "data", "output")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("data", help="validate a dataset and print length statistics")
+    _common(p, "model", "data")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="LoRA fine-tuning into a run folder")
+    _common(p, "model", "data", "output", "max_steps", "max_train_examples")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="generate for a split and score ROUGE")
+    p.add_argument("target", nargs="?", help="run folder, merged model folder or model id")
+    _common(p, "model", "data", "max_new_tokens", "num_beams", "batch_size")
+    p.add_argument("--base", action="store_true", help="evaluate the base model (no adapter)")
+    p.add_argument("--compare-base", action="store_true", help="also evaluate the base model; one table")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, help="first N dialogues of the split")
+    p.add_argument("--output", dest="eval_output", help="folder for predictions.jsonl and metrics.json")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("score", help="score a predictions file (.txt or .jsonl) without a model")
+    p.add_argument("predictions")
+    _common(p, "data")
+    p.add_argument("--split", default="test")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("summarize", help="summarize dialogues from a JSONL file or stdin")
+    p.add_argument("target", nargs="?", help="run folder, merged model folder or model id")
+    p.add_argument("input", nargs="?", default="-", help="JSONL file ({\"dialogue\": ...} per line), text file, or -")
+    _common(p, "model", "max_new_tokens", "num_beams", "batch_size")
+    p.add_argument("--base", action="store_true", help="use the base model without the adapter")
+    p.add_argument("--json", action="store_true", help="print one JSON object per summary")
+    p.set_defaults(func=cmd_summarize)
+
+    p = sub.add_parser("config", help="list every config field with its default and meaning")
+    p.set_defaults(func=cmd_config)
+    return ap
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _quiet_libraries()
+        code = args.func(args)
+    except ConvsumError as e:
+        print(f"convsum: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convsum: interrupted", file=sys.stderr)
+        return 130
+    return code or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

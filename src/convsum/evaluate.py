@@ -1,0 +1,142 @@
+"""Evaluate stage: generate summaries for a split and score them with ROUGE against every reference.
+
+    convsum evaluate runs/r1 --data ../shared/data/dialogsum --split test       # fine-tuned
+    convsum evaluate runs/r1 --compare-base --split test --limit 100             # base vs fine-tuned
+    convsum evaluate --base --data ../shared/data/dialogsum --split test         # base model only
+    convsum score runs/r1/eval-test/predictions.jsonl --data ../shared/data/dialogsum --split test --json
+
+Each evaluation writes predictions.jsonl (fname, dialogue, prediction, references) and metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from convsum import metrics
+from convsum.config import Config
+from convsum.data import Record, canonical_split, load_split
+from convsum.errors import ConvsumError
+from convsum.io import atomic_write_json, atomic_write_jsonl
+from convsum.rundir import is_run
+
+
+def default_output(target: str | None, cfg: Config, split: str, limit: int | None, base: bool) -> Path:
+    suffix = f"eval-{split}" + (f"-first{limit}" if limit else "") + ("-base" if base else "")
+    if target and Path(target).is_dir():
+        return Path(target) / suffix
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", target or cfg.model.name)
+    return Path("runs") / f"base-{slug}" / suffix
+
+
+def evaluate_model(summarizer, records: list[Record], out_dir: Path, split: str) -> dict:
+    t0 = time.perf_counter()
+    preds = summarizer([r.dialogue for r in records], progress=True, desc=f"{summarizer.name} on {split}")
+    elapsed = time.perf_counter() - t0
+    result = metrics.score_pairs(preds, [r.references for r in records], records[0].reference_names)
+    result.update(model=summarizer.name, **summarizer.info, split=split, time_s=round(elapsed, 1),
+                  dialogues_per_min=round(60 * len(records) / elapsed, 1) if elapsed > 0 else None,
+                  generate={"max_new_tokens": summarizer.gen.max_new_tokens, "num_beams": summarizer.gen.num_beams,
+                            "max_input_tokens": summarizer.gen.max_input_tokens},
+                  prompt_template=summarizer.template)
+    atomic_write_jsonl(out_dir / "predictions.jsonl", (
+        {"fname": r.id, "dialogue": r.dialogue, "prediction": p, "references": dict(zip(r.reference_names, r.references))}
+        for r, p in zip(records, preds)))
+    atomic_write_json(out_dir / "metrics.json", result)
+    return result
+
+
+def main(cfg: Config, target: str | None = None, base: bool = False, split: str = "test", limit: int | None = None,
+         output: str | None = None, compare_base: bool = False) -> dict[str, dict]:
+    from convsum.generate import load_summarizer
+
+    if target is None and not base:
+        raise ConvsumError("give a RUN_DIR (or a merged model folder / model id) to evaluate, or --base")
+    split = canonical_split(split)
+    records = load_split(cfg.data, split)
+    if limit is not None:
+        if limit < 1:
+            raise ConvsumError("--limit: must be a positive number")
+        records = records[:limit]
+    runs = []
+    if base or compare_base:
+        runs.append(("base", True))
+    if target is not None and not base:
+        runs.append(("fine-tuned", False))
+    results = {}
+    for label, as_base in runs:
+        if output:
+            out_dir = Path(output) / label if len(runs) > 1 else Path(output)
+        else:
+            out_dir = default_output(target, cfg, split, limit, as_base)
+        summarizer = load_summarizer(target, cfg, base=as_base)
+        results[label] = evaluate_model(summarizer, records, out_dir, split)
+        print(f"convsum: {label}: {len(records)} dialogues in {results[label]['time_s']:.0f} s; "
+              f"wrote {out_dir / 'predictions.jsonl'} and metrics.json")
+        del summarizer
+    print()
+    print(metrics.format_table(results, refs=_table_refs(results)))
+    return results
+
+
+def _table_refs(results: dict) -> tuple[str, ...]:
+    first = next(iter(results.values()))
+    names = list(first["per_reference"])
+    return (names[0], "mean", "best") if len(names) > 1 else (names[0],)
+
+
+def read_predictions(path: Path, records: list[Record]) -> list[str]:
+    """Predictions in split order from a .txt (one per line) or .jsonl (fname, prediction) file."""
+    if not path.is_file():
+        raise ConvsumError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConvsumError(f"{path}: not valid UTF-8") from None
+    if path.suffix != ".jsonl":
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        if len(lines) != len(records):
+            raise ConvsumError(f"{path}: {len(lines)} predictions for {len(records)} dialogues in the split "
+                               "(one line per dialogue, in split order)")
+        return [ln.strip() for ln in lines]
+    by_id: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConvsumError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise ConvsumError(f"{path}:{n}: expected a JSON object")
+        for key in ("fname", "prediction"):
+            if not isinstance(obj.get(key), str):
+                raise ConvsumError(f"{path}:{n}: field {key!r} missing or not a string")
+        if obj["fname"] in by_id:
+            raise ConvsumError(f"{path}:{n}: field 'fname': duplicate {obj['fname']!r}")
+        by_id[obj["fname"]] = obj["prediction"]
+    ids = {r.id for r in records}
+    unknown = [k for k in by_id if k not in ids]
+    if unknown:
+        raise ConvsumError(f"{path}: fname {unknown[0]!r} is not in the split ({len(unknown)} unknown)")
+    if len(by_id) != len(records):
+        missing = next(r.id for r in records if r.id not in by_id)
+        raise ConvsumError(f"{path}: {len(by_id)} predictions for {len(records)} dialogues in the split "
+                           f"(first missing fname: {missing!r})")
+    return [by_id[r.id] for r in records]
+
+
+def score_main(cfg: Config, predictions: str, split: str = "test", as_json: bool = False) -> dict:
+    """Score an existing predictions file; no model is loaded."""
+    records = load_split(cfg.data, canonical_split(split))
+    preds = read_predictions(Path(predictions), records)
+    result = metrics.score_pairs(preds, [r.references for r in records], records[0].reference_names)
+    if as_json:
+        print(json.dumps({k: result[k] for k in ("n", "per_reference", "mean", "best")}))
+    else:
+        print(metrics.format_table({Path(predictions).name: result}, refs=_table_refs({"x": result})))
+    return result

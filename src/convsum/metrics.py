@@ -1,0 +1,121 @@
+"""ROUGE scoring of generated summaries against one or more references.
+
+Protocol (what the numbers mean):
+- All scores are ROUGE F1 (F-measure), in percent, from Google's `rouge-score` package with its
+  own tokenizer (lowercase, non-alphanumerics dropped) and Porter stemming (`use_stemmer=True`).
+- rouge1 / rouge2: unigram / bigram overlap.
+- rougeL: sentence-level LCS over the whole text, treated as one sequence (newlines ignored).
+- rougeLsum: summary-level LCS (union LCS per reference sentence); sentences are split after
+  `.`, `!` or `?` followed by whitespace, and put one per line because that is how rouge-score
+  finds sentence boundaries.
+- With K references per example we report each reference separately ("per_reference"), the
+  mean over references ("mean") and the best reference, chosen per metric ("best"); every one
+  of these is then averaged over examples.
+
+rouge-score numbers are not directly comparable with papers that used the Perl ROUGE-1.5.5 or
+py-rouge: tokenization and stemming differ, and there is no multi-reference jackknifing. Compare
+like with like: the base and fine-tuned model scored by this module, on the same references.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from functools import lru_cache
+
+from rouge_score import rouge_scorer
+
+from convsum.errors import ConvsumError
+
+KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+_LABELS = {"rouge1": "R1", "rouge2": "R2", "rougeL": "RL", "rougeLsum": "RLsum"}
+# A regex rather than nltk's punkt: the machines are offline and punkt needs a data download.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+@lru_cache(maxsize=1)
+def _scorer() -> rouge_scorer.RougeScorer:
+    return rouge_scorer.RougeScorer(list(KEYS), use_stemmer=True)
+
+
+def _one_sentence_per_line(text: str) -> str:
+    # Only rougeLsum looks at the newlines; the tokenizer treats them as spaces for the other
+    # keys, so a single scoring call with this text gives all four numbers.
+    return "\n".join(s for s in _SENTENCE_END.split(text.strip()) if s)
+
+
+def example_scores(prediction: str, refs: list[str]) -> dict[str, list[float]]:
+    """F1 in percent (unrounded) of one prediction against each of its references, per key."""
+    pred = _one_sentence_per_line(prediction)
+    out: dict[str, list[float]] = {key: [] for key in KEYS}
+    for ref in refs:
+        scores = _scorer().score(_one_sentence_per_line(ref), pred)  # (target, prediction)
+        for key in KEYS:
+            out[key].append(scores[key].fmeasure * 100)
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    return round(statistics.fmean(values), 4)
+
+
+def score_pairs(
+    predictions: list[str], references: list[list[str]], reference_names: list[str] | None = None
+) -> dict:
+    """Corpus ROUGE: per reference, mean over references and best reference, averaged over examples."""
+    if not predictions:
+        raise ConvsumError("no predictions to score")
+    if len(predictions) != len(references):
+        raise ConvsumError(f"{len(predictions)} predictions for {len(references)} references")
+    if any(isinstance(refs, str) for refs in references):
+        raise ConvsumError("references must be a list of reference lists, one list per example")
+    counts = sorted({len(refs) for refs in references})
+    if len(counts) != 1 or counts[0] == 0:
+        raise ConvsumError(f"every example needs the same number (>0) of references; got counts {counts}")
+    k = counts[0]
+    names = reference_names or (["summary"] if k == 1 else [f"summary{i + 1}" for i in range(k)])
+    if len(names) != k:
+        raise ConvsumError(f"{len(names)} reference names for {k} references per example")
+
+    per_example = [example_scores(p, refs) for p, refs in zip(predictions, references)]
+    return {
+        "n": len(predictions),
+        "per_reference": {
+            name: {key: _mean([ex[key][i] for ex in per_example]) for key in KEYS}
+            for i, name in enumerate(names)
+        },
+        "mean": {key: _mean([statistics.fmean(ex[key]) for ex in per_example]) for key in KEYS},
+        "best": {key: _mean([max(ex[key]) for ex in per_example]) for key in KEYS},
+        "gen_length_words": _mean([len(p.split()) for p in predictions]),
+    }
+
+
+def _column(metrics: dict, ref: str) -> tuple[str, dict]:
+    """(label, scores) for one reference set; falls back to what exists for single-reference data."""
+    per_ref = metrics["per_reference"]
+    if len(per_ref) == 1 or (ref not in ("mean", "best") and ref not in per_ref):
+        name, scores = next(iter(per_ref.items()))
+        return f"vs {name}", scores
+    if ref in ("mean", "best"):
+        return f"{ref} of {len(per_ref)}", metrics[ref]
+    return f"vs {ref}", per_ref[ref]
+
+
+def format_table(rows: dict[str, dict], refs=("summary1", "mean")) -> str:
+    """Plain-text table: one row per model, R1/R2/RL/RLsum (1 decimal) per chosen reference set."""
+    first = next(iter(rows.values()))
+    labels = list(dict.fromkeys(_column(first, ref)[0] for ref in refs))  # dedupe, keep order
+    name_w = max(len("model"), *(len(name) for name in rows))
+    group_w = 6 * len(KEYS)
+    lines = [
+        "model".ljust(name_w) + "".join(f" | {label:<{group_w}}" for label in labels),
+        " " * name_w + f" | {''.join(f'{_LABELS[k]:>6}' for k in KEYS)}" * len(labels),
+    ]
+    for name, metrics in rows.items():
+        cells = {label: scores for label, scores in (_column(metrics, ref) for ref in refs)}
+        groups = []
+        for label in labels:
+            scores = cells.get(label)
+            groups.append("".join(f"{scores[k]:6.1f}" if scores else f"{'-':>6}" for k in KEYS))
+        lines.append(name.ljust(name_w) + "".join(f" | {g}" for g in groups))
+    return "\n".join(line.rstrip() for line in lines)

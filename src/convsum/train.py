@@ -1,0 +1,313 @@
+"""Train stage: LoRA fine-tuning with the standard transformers Trainer + PEFT.
+
+We configure the stock Trainer and own only two small pieces, each tested:
+- the loss runs the LM head on the summary positions only (Gemma's 262k-token head is most of the
+  FLOPs; computing it on prompt tokens whose labels are masked is pure waste), and
+- checkpoints are written to a staging folder and renamed into place, so a kill while saving never
+  leaves a corrupt latest checkpoint.
+
+    convsum train --config configs/gemma3-270m.yaml --data ../shared/data/dialogsum --output runs/r1
+    convsum train --output runs/r1 --resume        # after Ctrl-C or a kill
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from convsum import data as data_stage
+from convsum.config import Config, save_config
+from convsum.errors import ConvsumError
+from convsum.io import atomic_dir, atomic_write_json
+from convsum.modeling import add_lora, load_model, load_tokenizer, resolve, trainable_parameters
+from convsum.prompt import IGNORE_INDEX, PromptFormatter, collate
+from convsum.rundir import write_model_info
+
+
+class SummaryTrainer(Trainer):
+    def __init__(self, *args, summary_only_logits: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.summary_only_logits = summary_only_logits
+        self.tokens_seen = 0  # non-padding tokens through forward in training, this process
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.tokens_seen += int(inputs["attention_mask"].sum())
+        if not self.summary_only_logits:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs["labels"]
+        # Batches are left-padded (prompt.collate), so each row's labelled tokens are its last ones and
+        # `logits_to_keep` (a standard HF forward argument) limits the head to the last k+1 positions.
+        k = int((labels != IGNORE_INDEX).sum(1).max())
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                    position_ids=inputs.get("position_ids"), logits_to_keep=k + 1)
+        logits = out.logits[:, :-1].float()  # position p predicts token p+1
+        targets = labels[:, -k:]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+        # Same normalisation as the model's own loss: by the label count of the whole accumulated
+        # batch (all processes) when the Trainer provides it, so gradient accumulation is exact.
+        if num_items_in_batch is not None:
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        else:
+            loss = loss / (targets != IGNORE_INDEX).sum()
+        return (loss, out) if return_outputs else loss
+
+    def _save_checkpoint(self, model, trial):
+        # Write into <output_dir>/.staging/checkpoint-N, then rename: the rename is atomic, so the
+        # newest `checkpoint-N` folder is always complete (get_last_checkpoint ignores .staging).
+        root = self.args.output_dir
+        staging = os.path.join(root, ".staging")
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.args.output_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = root
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            name = f"checkpoint-{self.state.global_step}"
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            os.replace(os.path.join(staging, name), os.path.join(root, name))
+            shutil.rmtree(staging, ignore_errors=True)
+            from transformers.trainer_utils import rotate_checkpoints
+
+            rotate_checkpoints(output_dir=root, save_total_limit=self.args.save_total_limit, use_mtime=False)
+        self.accelerator.wait_for_everyone()
+
+
+class RunLog(TrainerCallback):
+    """log.jsonl (always) plus a progress bar showing loss, tokens/s and ETA."""
+
+    def __init__(self, path: Path, trainer_ref: list, world_size: int):
+        self.path, self.trainer_ref, self.world = path, trainer_ref, world_size
+        self.last_time, self.last_tokens = None, 0
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.last_time, self.last_tokens = time.perf_counter(), self.trainer_ref[0].tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not state.is_world_process_zero or not logs:
+            return
+        now, tokens = time.perf_counter(), self.trainer_ref[0].tokens_seen
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        if "loss" in logs:
+            dt = now - (self.last_time or now)
+            row.update(loss=logs["loss"], lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+                       tokens_per_s=round((tokens - self.last_tokens) * self.world / dt, 1) if dt > 0 else None)
+            self.last_time, self.last_tokens = now, tokens
+        if "eval_loss" in logs:
+            row["eval_loss"] = logs["eval_loss"]
+        if len(row) > 2:
+            row["time"] = round(time.time(), 3)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+class Progress(ProgressCallback):
+    """The stock bar (steps, ETA) with loss and tokens/s in its postfix instead of printed dicts."""
+
+    def __init__(self, trainer_ref: list):
+        super().__init__()
+        self.trainer_ref, self.t0, self.tok0 = trainer_ref, None, 0
+
+    def on_train_begin(self, args, state, control, **kw):
+        super().on_train_begin(args, state, control, **kw)
+        self.t0, self.tok0 = time.perf_counter(), self.trainer_ref[0].tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        post = {}
+        if "loss" in logs:
+            post["loss"] = f"{logs['loss']:.3f}"
+        dt = time.perf_counter() - (self.t0 or time.perf_counter())
+        if dt > 0:
+            post["tok/s"] = f"{(self.trainer_ref[0].tokens_seen - self.tok0) / dt:.0f}"
+        if "eval_loss" in logs:
+            self.training_bar.write(f"step {state.global_step}: eval_loss {logs['eval_loss']:.4f}")
+        self.training_bar.set_postfix(post, refresh=True)
+
+
+class StopOnInterrupt(TrainerCallback):
+    """First Ctrl-C: finish the current step, save a checkpoint, stop. A second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self):
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            print("\nconvsum: interrupt received; saving a checkpoint after this step (Ctrl-C again to abort)",
+                  flush=True)
+        try:
+            signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not in the main thread (e.g. called from a server); keep default handling
+            pass
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def bf16_enabled(setting: str) -> bool:
+    if setting != "auto":
+        return setting == "true"
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    # On CPU bf16 only pays off with native support (AVX512-BF16 / AMX); otherwise it is emulated.
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+def prepare_examples(cfg: Config, tokenizer) -> tuple[str, list[dict], list[dict], int]:
+    """(split used, train examples, held-out examples, truncated count), tokenized with the one template."""
+    split, records = data_stage.training_split(cfg.data)
+    order = list(range(len(records)))
+    random.Random(cfg.train.seed).shuffle(order)
+    n_val = min(cfg.data.val_size, max(0, len(records) - 1))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    if cfg.data.max_train_examples is not None:
+        train_idx = train_idx[: cfg.data.max_train_examples]
+    fmt = PromptFormatter(tokenizer, cfg.prompt.template)
+    truncated = 0
+
+    def build(indices):
+        nonlocal truncated
+        out = []
+        for i in indices:
+            ex = fmt.build_train(records[i].dialogue, records[i].summary, cfg.data.max_length)
+            truncated += ex.truncated
+            out.append({"input_ids": ex.input_ids, "labels": ex.labels, "length": len(ex.input_ids)})
+        return out
+
+    return split, build(train_idx), build(val_idx), truncated
+
+
+def training_arguments(cfg: Config, ckpt_dir: Path, has_eval: bool, bf16: bool) -> TrainingArguments:
+    t = cfg.train
+    eval_every = t.eval_steps if has_eval and t.eval_steps > 0 else None
+    return TrainingArguments(
+        output_dir=str(ckpt_dir), num_train_epochs=t.epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum, learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        optim="adamw_torch", seed=t.seed, data_seed=t.seed, bf16=bf16,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random", length_column_name="length",
+        eval_strategy="steps" if eval_every else "no", eval_steps=eval_every, prediction_loss_only=True,
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        logging_strategy="steps", logging_steps=t.logging_steps, report_to=t.report_to or "none",
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=False,
+    )
+
+
+def main(cfg: Config, resume: bool = False) -> dict:
+    from accelerate import PartialState
+    from datasets import Dataset
+
+    state = PartialState()
+    run_dir = Path(cfg.train.output_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if resume and last is None:
+        raise ConvsumError(f"{run_dir}: no checkpoint to resume from")
+    if not resume and (run_dir / "run.json").exists():
+        raise ConvsumError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
+
+    tokenizer = load_tokenizer(cfg.model)
+    split, train_ex, val_ex, truncated = prepare_examples(cfg, tokenizer)
+    if not train_ex:
+        raise ConvsumError(f"{cfg.data.source}: no training examples left after holding out {len(val_ex)}")
+    _, base_revision = resolve(cfg.model)
+    bf16 = bf16_enabled(cfg.train.bf16)
+    args = training_arguments(cfg, ckpt_dir, bool(val_ex), bf16)
+    effective_batch = cfg.train.batch_size * cfg.train.grad_accum * state.num_processes
+    if state.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        atomic_write_json(run_dir / "run.json", {
+            "base_model": cfg.model.name, "base_revision": base_revision, "prompt_template": cfg.prompt.template,
+            "data_source": cfg.data.source, "train_split": split, "held_out": len(val_ex),
+            "held_out_from": split, "train_examples": len(train_ex), "truncated_dialogues": truncated,
+            "effective_batch": effective_batch, "num_processes": state.num_processes, "bf16": bf16,
+        })
+        print(f"convsum: {len(train_ex)} training examples from split {split!r}, {len(val_ex)} held out; "
+              f"{truncated} dialogues truncated to fit data.max_length={cfg.data.max_length}")
+        if resume:  # drop log lines written after the checkpoint we resume from
+            step = int(Path(last).name.split("-")[-1])
+            log_path = run_dir / "log.jsonl"
+            if log_path.exists():
+                kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+                log_path.write_text("".join(ln + "\n" for ln in kept))
+
+    torch.manual_seed(cfg.train.seed)  # LoRA init must not depend on anything loaded before it
+    model = add_lora(load_model(cfg.model, for_training=True), cfg.lora)
+    n_train, n_total = trainable_parameters(model)
+    if state.is_main_process:
+        print(f"convsum: LoRA r={cfg.lora.r} alpha={cfg.lora.alpha} on {cfg.lora.target_modules}: "
+              f"{n_train:,} trainable of {n_total:,} parameters ({100 * n_train / n_total:.2f}%); "
+              f"effective batch {effective_batch}; bf16 {'on' if bf16 else 'off'}")
+
+    ref: list = []
+    stopper = StopOnInterrupt()
+    trainer = SummaryTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(train_ex),
+        eval_dataset=Dataset.from_list(val_ex) if val_ex else None,
+        data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
+        callbacks=[RunLog(run_dir / "log.jsonl", ref, state.num_processes), stopper],
+        summary_only_logits=cfg.train.summary_only_logits,
+    )
+    ref.append(trainer)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(Progress(ref))
+    stopper.install()
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=last if resume else None)
+    elapsed = time.perf_counter() - t0
+    if stopper.requested:
+        if state.is_main_process:
+            print(f"convsum: stopped at step {trainer.state.global_step}; checkpoint saved. "
+                  f"Resume with: convsum train --output {run_dir} --resume")
+        return {"interrupted": True, "step": trainer.state.global_step}
+
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
+    eval_loss = (evals[-1]["eval_loss"] if evals else trainer.evaluate()["eval_loss"]) if val_ex else None
+    tokens = trainer.tokens_seen * state.num_processes
+    summary = {
+        "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0.0, 4),
+        "train_loss": result.training_loss, "eval_loss": eval_loss, "train_runtime_s": round(elapsed, 1),
+        "tokens_this_session": tokens, "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
+        "resumed_from": last if resume else None, "train_split": split, "train_examples": len(train_ex),
+        "held_out": len(val_ex), "truncated_dialogues": truncated, "effective_batch": effective_batch,
+        "bf16": bf16, "trainable_parameters": n_train, "total_parameters": n_total,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    if state.is_main_process:
+        with atomic_dir(run_dir / "adapter") as tmp:
+            trainer.model.save_pretrained(tmp, safe_serialization=True)
+            write_model_info(tmp, cfg, base_revision, kind="adapter")
+        atomic_write_json(run_dir / "train_summary.json", summary)
+        ppl = f" (perplexity {math.exp(eval_loss):.2f})" if eval_loss is not None and eval_loss < 50 else ""
+        print(f"convsum: trained {summary['steps']} steps in {elapsed / 60:.1f} min, "
+              f"{summary['tokens_per_s']} tokens/s; held-out loss {eval_loss}{ppl}; adapter in {run_dir / 'adapter'}")
+    state.wait_for_everyone()
+    return summary

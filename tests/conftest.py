@@ -1,0 +1,98 @@
+"""Shared fixtures: a tiny randomly initialised Gemma-3-architecture model with a byte-level BPE
+tokenizer trained in the test, so every stage runs end to end on CPU in seconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dialogsum"
+
+NAMES = ["Tom", "Anna", "the doctor", "the manager", "Mr. Lee", "Sara", "the clerk", "Bob"]
+THINGS = ["a ticket", "a jacket", "the report", "a room", "some coffee", "a new phone", "the car", "a table"]
+PLACES = ["the station", "the hotel", "the office", "the shop", "the library", "the bank"]
+
+
+def make_records(n: int, offset: int = 0) -> list[dict]:
+    """Synthetic dialogues whose summary is a simple function of the dialogue (learnable by a tiny model)."""
+    rows = []
+    for i in range(offset, offset + n):
+        who, what, where = NAMES[i % len(NAMES)], THINGS[(i * 3) % len(THINGS)], PLACES[(i * 5) % len(PLACES)]
+        turns = [f"#Person1#: Hello, I am {who}. I would like {what}.",
+                 f"#Person2#: Sure. You can get {what} at {where}.",
+                 "#Person1#: Thank you very much." + " It is a long day." * (i % 4)]
+        rows.append({"fname": f"ex_{i}", "dialogue": "\n".join(turns),
+                     "summary": f"{who} wants {what} and goes to {where}.", "topic": "errand"})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+    import torch
+
+    out = tmp_path_factory.mktemp("tiny-gemma")
+    corpus = [r["dialogue"] + "\n" + r["summary"] for r in make_records(64)]
+    corpus += ["Summarize the following conversation.\n\n### Conversation:\n\n\n### Summary:\n"] * 4
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1,
+                            special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<pad>", eos_token="<eos>",
+                                  bos_token="<bos>", unk_token="<unk>")
+    tok.save_pretrained(out)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
+                           sliding_window=64, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                           bos_token_id=tok.bos_token_id, final_logit_softcapping=30.0)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(cfg)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    write_jsonl(d / "dialogsum.dev.jsonl", make_records(24))
+    test = []
+    for r in make_records(6, offset=100):
+        test.append({"fname": r["fname"], "dialogue": r["dialogue"], "summary1": r["summary"],
+                     "summary2": r["summary"].replace("wants", "asks for"), "summary3": r["summary"].split(" and ")[0] + "."})
+    write_jsonl(d / "dialogsum.test.jsonl", test)
+    return d
+
+
+@pytest.fixture
+def tiny_cfg(tiny_model_dir, data_dir, tmp_path):
+    """A config for fast runs on the tiny model; tests tweak fields as needed."""
+    from convsum.config import load_config
+
+    return load_config(None, {
+        "model.name": str(tiny_model_dir), "data.source": str(data_dir), "data.val_size": 4,
+        "data.max_length": 128, "train.output_dir": str(tmp_path / "run"), "train.batch_size": 4,
+        "train.max_steps": 6, "train.save_steps": 3, "train.logging_steps": 1, "train.eval_steps": 3,
+        "train.learning_rate": 3e-3, "train.bf16": "false", "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.0,
+        "generate.max_new_tokens": 16, "generate.batch_size": 4,
+    })
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "slow" in item.keywords:
+            continue
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "dialogsum.test.jsonl").is_file():
+        pytest.skip(f"DialogSum not found at {SHARED_DATA} (it is never copied into the repo)")
+    return SHARED_DATA
