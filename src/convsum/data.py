@@ -195,12 +195,15 @@ def split_stats(records: list[Record], tokenizer, cfg: Config) -> dict:
     from convsum.prompt import PromptFormatter
 
     fmt = PromptFormatter(tokenizer, cfg.prompt.template)
+    overhead = len(fmt.head) + len(fmt.tail) + 1  # instruction + EOS
     d_words = [len(r.dialogue.split()) for r in records]
     s_words = [len(ref.split()) for r in records for ref in r.references]
     d_tok = [len(t) for t in tokenizer([r.dialogue for r in records], add_special_tokens=False)["input_ids"]]
     s_tok = [len(t) for t in tokenizer([ref for r in records for ref in r.references],
                                        add_special_tokens=False)["input_ids"]]
-    truncated = sum(fmt.build_train(r.dialogue, r.summary, cfg.data.max_length).truncated for r in records)
+    first_ref = [len(t) for t in tokenizer([r.summary for r in records], add_special_tokens=False)["input_ids"]]
+    # Same rule as training: the dialogue is cut when prompt + summary + EOS exceeds max_length.
+    truncated = sum(d + s + overhead > cfg.data.max_length for d, s in zip(d_tok, first_ref))
     return {"rows": len(records), "references": len(records[0].references) if records else 0,
             "dialogue_words": d_words, "summary_words": s_words, "dialogue_tokens": d_tok,
             "summary_tokens": s_tok, "truncated": truncated}
@@ -221,14 +224,16 @@ def main(cfg: Config) -> dict:
     if not loaded:
         raise ConvsumError(f"{cfg.data.source}: no split could be loaded")
     tokenizer = load_tokenizer(cfg.model)
+    cols = ["dialogue words", "dialogue tokens", "summary words", "summary tokens"]
     print(f"source: {cfg.data.source}   model: {cfg.model.name}   max_length: {cfg.data.max_length}")
-    print(f"{'split':<11}{'rows':>6}{'refs':>5}  {'dialogue words':>20}  {'dialogue tokens':>20}  "
-          f"{'summary tokens':>20}  truncated")
-    print(f"{'':<22}  {'median    p95    max':>20}  {'median    p95    max':>20}  {'median    p95    max':>20}")
+    print(f"{'split':<11}{'rows':>6}{'refs':>5}" + "".join(f"  {c:>20}" for c in cols) + "  truncated")
+    print(f"{'':<22}" + f"  {'median    p95    max':>20}" * len(cols))
     out = {}
     for s, recs in loaded.items():
         st = split_stats(recs, tokenizer, cfg)
         out[s] = st
-        print(f"{s:<11}{st['rows']:>6}{st['references']:>5}  {_summ(st['dialogue_words']):>20}  "
-              f"{_summ(st['dialogue_tokens']):>20}  {_summ(st['summary_tokens']):>20}  {st['truncated']:>9}")
+        print(f"{s:<11}{st['rows']:>6}{st['references']:>5}" + "".join(
+            f"  {_summ(st[k]):>20}" for k in ("dialogue_words", "dialogue_tokens", "summary_words", "summary_tokens"))
+            + f"  {st['truncated']:>9}")
+    print("(summary columns count every reference; truncated = dialogues cut to fit data.max_length in training)")
     return out

@@ -217,6 +217,7 @@ def training_arguments(cfg: Config, ckpt_dir: Path, has_eval: bool, bf16: bool) 
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         logging_strategy="steps", logging_steps=t.logging_steps, report_to=t.report_to or "none",
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=False,
+        use_cpu=not torch.cuda.is_available(),
     )
 
 

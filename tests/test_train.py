@@ -1,0 +1,175 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from convsum import train
+from convsum.errors import ConvsumError
+from convsum.modeling import add_lora, load_model, load_tokenizer
+from convsum.prompt import PromptFormatter, collate
+
+
+def _batch(cfg, n=6):
+    tok = load_tokenizer(cfg.model)
+    _, exs, _, _ = train.prepare_examples(cfg, tok)
+    return collate(exs[:n], tok.pad_token_id), tok
+
+
+def test_summary_only_loss_and_gradients_equal_the_standard_path(tiny_cfg):
+    """The fast path (LM head on labelled positions only) must give the standard full-logits loss."""
+    batch, _ = _batch(tiny_cfg)
+    torch.manual_seed(0)
+    model = add_lora(load_model(tiny_cfg.model), tiny_cfg.lora)
+    for p in model.parameters():  # non-zero LoRA B so gradients flow through both factors
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    results = []
+    for fast in (False, True):
+        model.zero_grad()
+        trainer = train.SummaryTrainer(model=model, args=train.training_arguments(tiny_cfg, tiny_cfg.train.output_dir and
+                                       __import__("pathlib").Path(tiny_cfg.train.output_dir), False, False),
+                                       summary_only_logits=fast)
+        n_items = (batch["labels"][:, 1:] != -100).sum()
+        loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=n_items)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((loss.item(), grads))
+    (l_std, g_std), (l_fast, g_fast) = results
+    assert l_fast == pytest.approx(l_std, rel=1e-5, abs=1e-6)  # stated tolerance: 1e-5 relative
+    for name in g_std:
+        torch.testing.assert_close(g_fast[name], g_std[name], rtol=1e-4, atol=1e-6)
+
+
+def test_left_padding_does_not_change_the_loss(tiny_cfg):
+    """Each row's loss is the same alone (no padding) as inside a left-padded batch."""
+    batch, tok = _batch(tiny_cfg, n=4)
+    model = load_model(tiny_cfg.model).eval()
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    position_ids=batch["position_ids"]).logits
+        for i in range(4):
+            keep = batch["attention_mask"][i].bool()
+            alone = model(input_ids=batch["input_ids"][i, keep][None]).logits[0]
+            torch.testing.assert_close(out[i, keep], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_train_writes_a_self_describing_run_folder(tiny_cfg):
+    summary = train.main(tiny_cfg)
+    run = __import__("pathlib").Path(tiny_cfg.train.output_dir)
+    for name in ("config.yaml", "run.json", "log.jsonl", "train_summary.json", "adapter/adapter_model.safetensors",
+                 "adapter/adapter_config.json", "adapter/convsum.json"):
+        assert (run / name).is_file(), name
+    info = json.loads((run / "run.json").read_text())
+    assert info["train_split"] == "validation" and info["held_out"] == 4 and info["train_examples"] == 20
+    assert info["prompt_template"] == tiny_cfg.prompt.template
+    assert json.loads((run / "adapter" / "convsum.json").read_text())["prompt_template"] == tiny_cfg.prompt.template
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert all(r["tokens_per_s"] > 0 for r in log if "loss" in r) and any("eval_loss" in r for r in log)
+    assert summary["steps"] == 6 and summary["eval_loss"] is not None
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
+
+
+def test_existing_run_needs_resume(tiny_cfg):
+    train.main(tiny_cfg)
+    with pytest.raises(ConvsumError, match="--resume"):
+        train.main(tiny_cfg)
+
+
+class Crash(TrainerCallback):
+    """Simulates a kill: raises after `step` (no clean save)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            raise RuntimeError("killed")
+
+
+def _adapter(run):
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def test_resume_after_kill_gives_the_uninterrupted_adapter(tiny_cfg, tmp_path, monkeypatch):
+    tiny_cfg.lora.dropout = 0.1  # dropout RNG must be restored too
+    tiny_cfg.train.output_dir = str(tmp_path / "full")
+    train.main(tiny_cfg)
+    full = _adapter(tmp_path / "full")
+
+    tiny_cfg.train.output_dir = str(tmp_path / "killed")
+    orig = train.SummaryTrainer.__init__
+
+    def with_crash(self, *a, **k):
+        orig(self, *a, **k)
+        self.add_callback(Crash(5))
+
+    monkeypatch.setattr(train.SummaryTrainer, "__init__", with_crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        train.main(tiny_cfg)
+    monkeypatch.setattr(train.SummaryTrainer, "__init__", orig)
+    assert not (tmp_path / "killed" / "adapter").exists()
+    summary = train.main(tiny_cfg, resume=True)
+    assert summary["resumed_from"].endswith("checkpoint-3")
+    resumed = _adapter(tmp_path / "killed")
+    assert resumed.keys() == full.keys()
+    for k in full:  # stated tolerance: 1e-6 absolute (same operations in the same order)
+        torch.testing.assert_close(resumed[k], full[k], rtol=0, atol=1e-6)
+    log = [json.loads(x) for x in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]  # no duplicated steps
+
+
+def test_kill_while_saving_leaves_the_previous_checkpoint_intact(tiny_cfg, monkeypatch):
+    from transformers import Trainer
+
+    calls = {"n": 0}
+    orig = Trainer._save_optimizer_and_scheduler
+
+    def dies_on_second_save(self, output_dir):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("killed while saving")
+        return orig(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", dies_on_second_save)
+    with pytest.raises(RuntimeError, match="killed while saving"):
+        train.main(tiny_cfg)
+    ckpts = __import__("pathlib").Path(tiny_cfg.train.output_dir) / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir() if not p.name.startswith(".")) == ["checkpoint-3"]
+    assert (ckpts / "checkpoint-3" / "optimizer.pt").is_file()
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", orig)
+    assert train.main(tiny_cfg, resume=True)["steps"] == 6
+
+
+def test_resume_without_checkpoint_is_an_error(tiny_cfg):
+    with pytest.raises(ConvsumError, match="no checkpoint"):
+        train.main(tiny_cfg, resume=True)
+
+
+def test_eos_is_learned_and_generation_stops_by_itself(tiny_cfg):
+    """Overfit a tiny model on 4 examples: it must reproduce the summaries and stop at EOS."""
+    from convsum.generate import load_summarizer
+
+    tiny_cfg.data.val_size = 0
+    tiny_cfg.data.max_train_examples = 4
+    tiny_cfg.train.max_steps = 120
+    tiny_cfg.train.save_steps = 1000
+    tiny_cfg.train.learning_rate = 1e-2
+    tiny_cfg.train.warmup_ratio = 0.0
+    tiny_cfg.lora.r = 16
+    tiny_cfg.lora.alpha = 32
+    tiny_cfg.generate.max_new_tokens = 40
+    train.main(tiny_cfg)
+    s = load_summarizer(tiny_cfg.train.output_dir, tiny_cfg)
+    _, exs, _, _ = train.prepare_examples(tiny_cfg, s.tokenizer)
+    from convsum.data import training_split
+
+    _, records = training_split(tiny_cfg.data)
+    prompts = [ex["input_ids"][: ex["labels"].index(next(t for t in ex["labels"] if t != -100))] for ex in exs]
+    outs = s.generate_ids(prompts)
+    for ex, out in zip(exs, outs):
+        target = [t for t in ex["labels"] if t != -100]
+        assert out + [s.tokenizer.eos_token_id] == target  # stopped right after the summary
+        assert len(out) < tiny_cfg.generate.max_new_tokens
