@@ -100,6 +100,18 @@ def cmd_demo(args):
     demo.main(cfg, data=args.data, output=args.output or "runs/demo")
 
 
+def cmd_merge(args):
+    from convsum import merge
+
+    merge.main(args.run_dir, args.output, dtype=args.dtype)
+
+
+def cmd_push(args):
+    from convsum import publish
+
+    publish.main(args.folder, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run)
+
+
 def cmd_config(args):
     from convsum.config import field_docs
 
@@ -148,6 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", action="store_true", help="use the base model without the adapter")
     p.add_argument("--json", action="store_true", help="print one JSON object per summary")
     p.set_defaults(func=cmd_summarize)
+
+    p = sub.add_parser("merge", help="merge a run's adapter into its base: a standalone model folder")
+    p.add_argument("run_dir")
+    p.add_argument("--output", required=True, help="new folder for the merged model")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the saved weights (the merge itself is done in fp32)")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("push", help="upload a run's adapter or a merged model to the Hugging Face Hub")
+    p.add_argument("folder", help="run folder (adapter only) or merged model folder")
+    p.add_argument("--repo-id", required=True, help="OWNER/NAME")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--revision", help="branch to commit to (created if needed)")
+    p.add_argument("--dry-run", action="store_true", help="list files and show the card; upload nothing")
+    p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("config", help="list every config field with its default and meaning")
     p.set_defaults(func=cmd_config)

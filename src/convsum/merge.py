@@ -1,0 +1,99 @@
+"""Merge stage: fold a run's LoRA adapter into a full-precision base and write a standalone model folder.
+
+    convsum merge runs/r1 --output merged/r1 [--dtype bfloat16]
+
+The base is always loaded unquantized in fp32, also for QLoRA runs: merging into a 4-bit base
+rounds the merged weights back to 4 bits and loses most of what the adapter learned. Before the
+folder is written, the merged model is checked against base + adapter on fixed inputs (logits
+within 1e-4, identical greedy summaries); a failed check is an error and writes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from convsum.errors import ConvsumError
+from convsum.io import atomic_dir
+from convsum.modeling import _dtype, load_model, load_tokenizer
+from convsum.prompt import left_pad
+from convsum.rundir import read_run, write_model_info
+
+LOGIT_TOLERANCE = 1e-4
+CHECK_DIALOGUES = [
+    "#Person1#: Excuse me, does this bus go to the airport?\n#Person2#: No, you need the 42. It stops across "
+    "the street.\n#Person1#: How often does it come?\n#Person2#: Every fifteen minutes.",
+    "#Person1#: I'd like to book a table for four on Friday.\n#Person2#: We have seven or nine o'clock.\n"
+    "#Person1#: Seven, please. The name is Garcia.",
+    "#Person1#: Your report was late again.\n#Person2#: I'm sorry, my laptop broke on Monday.\n#Person1#: "
+    "Tell IT next time, they lend laptops.\n#Person2#: I didn't know that. I will.",
+]
+
+
+def check_equivalence(reference, merged, tokenizer, template: str, max_new_tokens: int = 24) -> dict:
+    """Max |logit difference| and greedy-summary agreement between base+adapter and the merged model."""
+    from convsum.prompt import PromptFormatter
+
+    fmt = PromptFormatter(tokenizer, template)
+    ids, mask = left_pad([fmt.prompt_ids(d, 512)[0] for d in CHECK_DIALOGUES], tokenizer.pad_token_id)
+    gen = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, top_p=None, top_k=None,
+               temperature=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    with torch.inference_mode():
+        diff = (reference(input_ids=ids, attention_mask=mask).logits
+                - merged(input_ids=ids, attention_mask=mask).logits).abs().max().item()
+        same = torch.equal(reference.generate(input_ids=ids, **gen), merged.generate(input_ids=ids, **gen))
+    return {"max_abs_logit_diff": diff, "greedy_identical": same, "tolerance": LOGIT_TOLERANCE,
+            "inputs": len(CHECK_DIALOGUES)}
+
+
+def main(run_dir: str, output: str, dtype: str = "float32") -> dict:
+    import copy
+
+    from peft import PeftModel
+    from transformers import GenerationConfig
+
+    from convsum.publish import model_card, _card_inputs
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ConvsumError(f"--dtype {dtype!r}: expected float32, bfloat16 or float16")
+    t0 = time.perf_counter()
+    cfg, run = read_run(run_dir)
+    adapter = Path(run_dir) / "adapter"
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise ConvsumError(f"{run_dir}: no trained adapter (adapter/adapter_model.safetensors missing)")
+    if Path(output).exists():
+        raise ConvsumError(f"{output} already exists; choose another --output or remove it")
+    model_cfg = replace(cfg.model, load_in_4bit=False, dtype="float32")
+    tokenizer = load_tokenizer(model_cfg)
+    base = load_model(model_cfg).to("cpu").eval()
+    reference = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter)).eval()
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().eval()
+    check = check_equivalence(reference, merged, tokenizer, run["prompt_template"])
+    del reference
+    if check["max_abs_logit_diff"] > LOGIT_TOLERANCE or not check["greedy_identical"]:
+        raise ConvsumError(f"merge check failed: max |logit diff| {check['max_abs_logit_diff']:.2e} "
+                           f"(limit {LOGIT_TOLERANCE}), greedy identical: {check['greedy_identical']}; nothing written")
+    merged = merged.to(_dtype(dtype))
+    merged.config.name_or_path = None
+    with atomic_dir(output) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.padding_side = "left"
+        tokenizer.save_pretrained(tmp)
+        GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, do_sample=False,
+                         max_new_tokens=cfg.generate.max_new_tokens).save_pretrained(tmp)
+        write_model_info(tmp, cfg, run.get("base_revision"), kind="merged",
+                         extra={"merged_from": str(Path(run_dir).resolve()), "dtype": dtype, "merge_check": check,
+                                "config": cfg.to_dict()})
+        kind, info, cfgd, metrics, base_metrics, example = _card_inputs(Path(tmp))
+        (Path(tmp) / "README.md").write_text(model_card(Path(tmp), kind, info, cfgd, metrics, base_metrics, example),
+                                             encoding="utf-8")
+    elapsed = time.perf_counter() - t0
+    size = sum(p.stat().st_size for p in Path(output).iterdir())
+    print(f"convsum: merged {run_dir} into {output} ({dtype}, {size / 1e6:.0f} MB) in {elapsed:.0f} s; "
+          f"check: max |logit diff| {check['max_abs_logit_diff']:.2e} <= {LOGIT_TOLERANCE}, greedy identical")
+    return {**check, "seconds": round(elapsed, 1), "bytes": size}
+
