@@ -8,8 +8,8 @@ and answered 404, so a new call shows up in test failures instead of passing sil
     POST /api/models/{owner}/{name}/branch/{branch} -> 200
     POST /api/models/{owner}/{name}/preupload/{rev} -> {"files": [{"path", "uploadMode": "regular", ...}]}
     POST /api/models/{owner}/{name}/commit/{rev}    ndjson: header line, then one "file" line per file
-    POST /api/validate-yaml                         (only on the non-Xet code path) -> {"errors": [], "warnings": []}
-    GET  /api/models/{owner}/{name}[/revision/{rev}] (repo_info, after a 401/403 on create) -> {"id", "sha"}
+    POST /api/validate-yaml                         README.md front matter check -> {"errors": [], "warnings": []}
+    GET  /api/models/{owner}/{name}[/revision/{rev}] repo_info, asked after a 401/403 on create -> {"id", "sha"}
 
 Every file is answered uploadMode "regular", so its bytes travel base64-encoded inside the commit
 request and nothing goes to LFS or Xet storage (which this stub cannot emulate).
@@ -39,7 +39,7 @@ class HubStub:
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def stop(self) -> None:

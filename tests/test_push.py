@@ -66,13 +66,16 @@ def run_dir(tmp_path) -> Path:
     return run
 
 
-@pytest.fixture(params=["xet-pipeline", "legacy-commit"])
+UPLOAD_PATHS = pytest.mark.parametrize("hub", ["xet-pipeline", "legacy-commit"], indirect=True)
+
+
+@pytest.fixture
 def hub(request, monkeypatch, tmp_path):
     """A running stub Hub that huggingface_hub talks to, with a fake token.
 
-    Parametrized over huggingface_hub's two upload_folder code paths: with hf_xet installed
-    (the default) it uses the pipelined uploader; with Xet disabled, the classic create_commit.
-    Both must land as one commit of inline ("regular") files on the stub.
+    `upload_folder` has two code paths: with hf_xet installed (the default here) a pipelined
+    uploader, with Xet disabled the classic `create_commit`. Tests that reach the upload run on
+    both (UPLOAD_PATHS); both must land as one commit of inline ("regular") files on the stub.
     """
     from huggingface_hub import constants
 
@@ -85,21 +88,14 @@ def hub(request, monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     # Never read (or send) a real stored token: point the token file at an empty folder.
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", request.param == "legacy-commit")
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", getattr(request, "param", "xet-pipeline") == "legacy-commit")
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", True)
     yield stub
     stub.stop()
     assert not stub.unknown, f"requests the stub does not implement: {stub.unknown}"
 
 
-@pytest.fixture
-def stub_only(hub, request):
-    """The stub with one code path only: for tests where the upload path does not matter."""
-    if request.node.callspec.params["hub"] != "xet-pipeline":
-        pytest.skip("same code path as xet-pipeline")
-    return hub
-
-
+@UPLOAD_PATHS
 def test_push_uploads_adapter_and_card_in_one_commit(hub, run_dir):
     from huggingface_hub import ModelCard
 
@@ -137,6 +133,7 @@ def test_push_uploads_adapter_and_card_in_one_commit(hub, run_dir):
     assert "eval-test: Person2 tells Person1" in text  # example from the fine-tuned predictions, not the base ones
 
 
+@UPLOAD_PATHS
 def test_push_private_to_branch(hub, run_dir):
     publish.main(str(run_dir), REPO, private=True, revision="dev")
 
@@ -146,7 +143,7 @@ def test_push_private_to_branch(hub, run_dir):
     assert ("POST", f"/api/models/{REPO}/preupload/dev") in hub.requests
 
 
-def test_dry_run_prints_files_and_card_and_sends_nothing(stub_only, run_dir, capsys, monkeypatch):
+def test_dry_run_prints_files_and_card_and_sends_nothing(hub, run_dir, capsys, monkeypatch):
     monkeypatch.delenv("HF_TOKEN")  # a dry run needs no login
     url = publish.main(str(run_dir), REPO, private=True, revision="dev", dry_run=True)
 
@@ -158,7 +155,7 @@ def test_dry_run_prints_files_and_card_and_sends_nothing(stub_only, run_dir, cap
         assert f"  {name} " in out
     assert f"{size:,} bytes" in out
     assert "base_model: google/gemma-3-270m" in out and "CC BY-NC-SA 4.0" in out and "40.0" in out
-    assert stub_only.requests == []
+    assert hub.requests == []
 
 
 def _closed_port_url() -> str:
@@ -175,8 +172,8 @@ def _break(case: str, stub: HubStub, run_dir: Path, tmp_path: Path, monkeypatch)
         monkeypatch.delenv("HF_TOKEN")
     elif case == "bad-token":
         stub.fail_all = 401
-    elif case == "not-writable":
-        stub.fail_commit = 403
+    elif case == "wrong-token":  # the stub's own Authorization check
+        monkeypatch.setenv("HF_TOKEN", "hf_not_the_right_one")
     elif case == "offline":
         url = _closed_port_url()
         monkeypatch.setenv("HF_ENDPOINT", url)
@@ -196,7 +193,7 @@ def _break(case: str, stub: HubStub, run_dir: Path, tmp_path: Path, monkeypatch)
 ERRORS = {
     "no-token": "not logged in",
     "bad-token": "unauthorized",
-    "not-writable": "forbidden",
+    "wrong-token": "unauthorized",
     "offline": "cannot reach the Hugging Face Hub",
     "not-a-run": "not a convsum run folder",
     "no-such-folder": "no such folder",
@@ -206,9 +203,7 @@ ERRORS = {
 
 
 @pytest.mark.parametrize("case", list(ERRORS))
-def test_push_errors_are_one_line_and_commit_nothing(hub, run_dir, tmp_path, monkeypatch, request, case):
-    if case != "not-writable" and request.node.callspec.params["hub"] != "xet-pipeline":
-        pytest.skip("fails before upload_folder: the upload path does not matter")
+def test_push_errors_are_one_line_and_commit_nothing(hub, run_dir, tmp_path, monkeypatch, case):
     folder, repo_id = _break(case, hub, run_dir, tmp_path, monkeypatch)
 
     with pytest.raises(ConvsumError) as exc:
@@ -218,15 +213,24 @@ def test_push_errors_are_one_line_and_commit_nothing(hub, run_dir, tmp_path, mon
     assert ERRORS[case] in msg
     assert "\n" not in msg and len(msg) < 300
     assert hub.commits == []
-    if case in ("no-token", "not-a-run", "no-such-folder", "bad-repo-id", "untrained", "offline"):
-        assert hub.requests == []  # refused before talking to the Hub
+    if case not in ("bad-token", "wrong-token"):
+        assert hub.requests == []  # refused before talking to the (stub) Hub
 
 
-def test_cli_push_dry_run(stub_only, run_dir, capsys):
+@UPLOAD_PATHS
+def test_push_to_unwritable_repo_fails_cleanly(hub, run_dir):
+    hub.fail_commit = 403
+    with pytest.raises(ConvsumError, match=r"^push to alice/convsum-test failed: forbidden") as exc:
+        publish.main(str(run_dir), REPO)
+    assert "\n" not in str(exc.value)
+    assert hub.repos and hub.commits == []
+
+
+def test_cli_push_dry_run(hub, run_dir, capsys):
     from convsum import cli
 
     assert cli.main(["push", str(run_dir), "--repo-id", "alice/x", "--dry-run"]) == 0
     assert "adapter_model.safetensors" in capsys.readouterr().out
     assert cli.main(["push", str(run_dir), "--repo-id", "noslash"]) == 2
     assert "expected OWNER/NAME" in capsys.readouterr().err
-    assert stub_only.requests == []
+    assert hub.requests == []

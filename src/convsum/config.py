@@ -109,6 +109,20 @@ class GenerateConfig:
 
 
 @dataclass
+class ServeConfig:
+    host: str = _f("127.0.0.1", "Interface to bind; only this machine by default. Use 0.0.0.0 deliberately.")
+    port: int = _f(8000, "TCP port.")
+    max_body_bytes: int = _f(256 * 1024, "Largest request body accepted (413 above).")
+    max_dialogue_tokens: int = _f(2048, "Longest dialogue accepted, in model tokens (422 above).")
+    max_dialogues_per_request: int = _f(16, "Most dialogues in one request (422 above).")
+    max_new_tokens_limit: int = _f(256, "Highest max_new_tokens a request may ask for.")
+    max_num_beams: int = _f(4, "Highest num_beams a request may ask for.")
+    max_batch: int = _f(16, "Most dialogues generated together across concurrent requests (1 = no batching).")
+    batch_window_ms: float = _f(10.0, "How long the batcher waits for more requests after the first one.")
+    max_queue: int = _f(256, "Dialogues waiting at most; beyond it requests get 503 with Retry-After.")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -116,6 +130,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -263,6 +278,9 @@ def validate(cfg: Config) -> None:
         (cfg.train.save_steps > 0 and cfg.train.logging_steps > 0, "train.save_steps and train.logging_steps: must be positive"),
         (cfg.generate.max_new_tokens > 0, "generate.max_new_tokens: must be positive"),
         (cfg.generate.num_beams >= 1 and cfg.generate.batch_size >= 1, "generate.num_beams and generate.batch_size: must be >= 1"),
+        (cfg.serve.max_batch >= 1 and cfg.serve.max_queue >= 1 and cfg.serve.max_body_bytes > 0,
+         "serve.max_batch, serve.max_queue and serve.max_body_bytes: must be positive"),
+        (0 < cfg.serve.port < 65536, "serve.port: must be 1-65535"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -31,12 +31,14 @@ def _hub_base(name: str) -> str | None:
     return None if Path(name).exists() else name
 
 
-def _metrics_for(folder: Path) -> dict | None:
-    for name in ("eval-test", *sorted(p.name for p in folder.glob("eval-test*"))):
-        p = folder / name / "metrics.json"
-        if p.is_file():
-            return json.loads(p.read_text())
-    return None
+def _eval_dirs(folder: Path) -> tuple[Path | None, Path | None]:
+    """(fine-tuned, base) evaluation folders on the same test slice: eval-test first, then eval-test-firstN."""
+    for d in sorted(folder.glob("eval-test*"), key=lambda p: (p.name != "eval-test", p.name)):
+        if d.name.endswith("-base") or not (d / "metrics.json").is_file():
+            continue
+        base = d.parent / (d.name + "-base")
+        return d, base if (base / "metrics.json").is_file() else None
+    return None, None
 
 
 def _rouge_table(metrics: dict | None, base: dict | None) -> str:
@@ -57,7 +59,7 @@ def _rouge_table(metrics: dict | None, base: dict | None) -> str:
 
 
 def model_card(folder: Path, kind: str, info: dict, cfg_dict: dict | None, metrics: dict | None,
-               base_metrics: dict | None, example: dict | None) -> str:
+               base_metrics: dict | None, example: dict | None, repo_id: str = "PATH_OR_REPO_ID") -> str:
     """README.md with valid Hub metadata; `kind` is 'adapter' or 'merged'."""
     base = info["base_model"]
     hub_base = _hub_base(base)
@@ -69,11 +71,12 @@ def model_card(folder: Path, kind: str, info: dict, cfg_dict: dict | None, metri
         meta["base_model"] = hub_base
     template = info["prompt_template"]
     load = (f"from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
-            f"model = AutoPeftModelForCausalLM.from_pretrained(\"REPO_ID\")\n"
+            f"model = AutoPeftModelForCausalLM.from_pretrained(\"{repo_id}\")\n"
             f"tokenizer = AutoTokenizer.from_pretrained(\"{hub_base or base}\")"
             if kind == "adapter" else
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-            "model = AutoModelForCausalLM.from_pretrained(\"REPO_ID\")\ntokenizer = AutoTokenizer.from_pretrained(\"REPO_ID\")")
+            f"model = AutoModelForCausalLM.from_pretrained(\"{repo_id}\")\n"
+            f"tokenizer = AutoTokenizer.from_pretrained(\"{repo_id}\")")
     train_cfg = yaml.safe_dump({k: cfg_dict[k] for k in ("lora", "train", "data")}, sort_keys=False) if cfg_dict else "n/a\n"
     ex = ""
     if example:
@@ -148,25 +151,24 @@ def _card_inputs(folder: Path) -> tuple[str, dict, dict | None, dict | None, dic
         src = Path(info["merged_from"]) if info.get("merged_from") and is_run(info["merged_from"]) else folder
     else:
         raise ConvsumError(f"{folder}: not a convsum run folder or merged model folder")
-    metrics = _metrics_for(src)
-    base_metrics = None
-    for p in sorted(src.glob("eval-test*-base/metrics.json")) + sorted(src.glob("eval-test*/base/metrics.json")):
-        base_metrics = json.loads(p.read_text())
-        break
+    tuned, base = _eval_dirs(src)
+    metrics = json.loads((tuned / "metrics.json").read_text()) if tuned else None
+    base_metrics = json.loads((base / "metrics.json").read_text()) if base else None
     example = None
-    for p in sorted(src.glob("eval-test*/predictions.jsonl")):
-        if "-base" not in p.parent.name:
-            example = json.loads(p.read_text().splitlines()[0])
-            break
+    if tuned and (tuned / "predictions.jsonl").is_file():
+        example = json.loads((tuned / "predictions.jsonl").read_text().splitlines()[0])
     return kind, info, cfg, metrics, base_metrics, example
 
 
-def stage_upload(folder: Path, out: Path) -> str:
+def stage_upload(folder: Path, out: Path, repo_id: str = "PATH_OR_REPO_ID") -> str:
     """Copy the files to publish into `out`, with a generated README.md; returns the kind."""
     kind, info, cfg, metrics, base_metrics, example = _card_inputs(folder)
     src = folder / "adapter" if kind == "adapter" and is_run(folder) else folder
-    if kind == "adapter" and not (src / "adapter_model.safetensors").is_file():
-        raise ConvsumError(f"{folder}: no trained adapter yet (adapter/adapter_model.safetensors missing)")
+    needed = ("adapter_model.safetensors", "adapter_config.json") if kind == "adapter" else ("config.json",)
+    for name in needed:
+        if not (src / name).is_file():
+            raise ConvsumError(f"{folder}: {src.relative_to(folder) / name if src != folder else name} missing "
+                               f"({'no trained adapter yet?' if kind == 'adapter' else 'incomplete model folder'})")
     for p in src.iterdir():
         if p.is_file() and p.name != "README.md":
             shutil.copy2(p, out / p.name)
@@ -175,7 +177,8 @@ def stage_upload(folder: Path, out: Path) -> str:
         acfg = json.loads((out / "adapter_config.json").read_text())
         acfg["base_model_name_or_path"] = BUNDLED_HUB_ID
         (out / "adapter_config.json").write_text(json.dumps(acfg, indent=2))
-    (out / "README.md").write_text(model_card(folder, kind, info, cfg, metrics, base_metrics, example), encoding="utf-8")
+    (out / "README.md").write_text(model_card(folder, kind, info, cfg, metrics, base_metrics, example, repo_id),
+                                   encoding="utf-8")
     return kind
 
 
@@ -190,7 +193,7 @@ def main(folder: str, repo_id: str, private: bool = False, revision: str | None 
         raise ConvsumError(f"--repo-id {repo_id!r}: expected OWNER/NAME")
     with tempfile.TemporaryDirectory(prefix="convsum-push-") as tmp:
         staging = Path(tmp)
-        kind = stage_upload(src, staging)
+        kind = stage_upload(src, staging, repo_id)
         files = sorted(staging.iterdir())
         if dry_run:
             print(f"dry run: would upload the {kind} in {folder} to https://huggingface.co/{repo_id}"
@@ -214,7 +217,12 @@ def main(folder: str, repo_id: str, private: bool = False, revision: str | None 
             why = {401: "unauthorized (bad or expired token)", 403: "forbidden: the token cannot write to this repo",
                    404: "repo or branch not found"}.get(status, f"HTTP {status}")
             raise ConvsumError(f"push to {repo_id} failed: {why}") from None
-        except (OSError, ValueError) as e:  # connection errors, DNS, timeouts
+        except ValueError as e:  # e.g. the Hub rejected the card's metadata
+            raise ConvsumError(f"push to {repo_id} refused: {str(e).splitlines()[0][:200]}") from None
+        except Exception as e:  # transport errors (httpx, DNS, timeouts) have no common public base class
+            if not (isinstance(e, OSError) or "httpx" in type(e).__module__ or "Timeout" in type(e).__name__
+                    or "Connect" in type(e).__name__):
+                raise
             raise ConvsumError(f"cannot reach the Hugging Face Hub ({type(e).__name__}: "
                                f"{str(e).splitlines()[0][:150] if str(e) else ''}); offline?") from None
     print(f"convsum: pushed the {kind} to {url}")

@@ -221,9 +221,28 @@ def training_arguments(cfg: Config, ckpt_dir: Path, has_eval: bool, bf16: bool) 
     )
 
 
+def build_trainer(cfg: Config, model, tokenizer, train_ex: list[dict], val_ex: list[dict], args: TrainingArguments,
+                  log_path: Path, world_size: int = 1) -> tuple[SummaryTrainer, StopOnInterrupt]:
+    """The configured Trainer (also used by bench/train_throughput.py, so the bench times exactly this)."""
+    from datasets import Dataset
+
+    ref: list = []
+    stopper = StopOnInterrupt()
+    trainer = SummaryTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(train_ex),
+        eval_dataset=Dataset.from_list(val_ex) if val_ex else None,
+        data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
+        callbacks=[RunLog(log_path, ref, world_size), stopper],
+        summary_only_logits=cfg.train.summary_only_logits,
+    )
+    ref.append(trainer)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(Progress(ref))
+    return trainer, stopper
+
+
 def main(cfg: Config, resume: bool = False) -> dict:
     from accelerate import PartialState
-    from datasets import Dataset
 
     state = PartialState()
     run_dir = Path(cfg.train.output_dir)
@@ -268,18 +287,8 @@ def main(cfg: Config, resume: bool = False) -> dict:
               f"{n_train:,} trainable of {n_total:,} parameters ({100 * n_train / n_total:.2f}%); "
               f"effective batch {effective_batch}; bf16 {'on' if bf16 else 'off'}")
 
-    ref: list = []
-    stopper = StopOnInterrupt()
-    trainer = SummaryTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(train_ex),
-        eval_dataset=Dataset.from_list(val_ex) if val_ex else None,
-        data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
-        callbacks=[RunLog(run_dir / "log.jsonl", ref, state.num_processes), stopper],
-        summary_only_logits=cfg.train.summary_only_logits,
-    )
-    ref.append(trainer)
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(Progress(ref))
+    trainer, stopper = build_trainer(cfg, model, tokenizer, train_ex, val_ex, args, run_dir / "log.jsonl",
+                                     state.num_processes)
     stopper.install()
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last if resume else None)
