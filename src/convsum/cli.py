@@ -112,6 +112,19 @@ def cmd_push(args):
     publish.main(args.folder, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run)
 
 
+def cmd_serve(args):
+    from convsum import serve
+
+    target = args.adapter or args.target
+    overrides = [f"serve.host={args.host}"] if args.host else []
+    overrides += [f"serve.port={args.port}"] if args.port else []
+    args.set = overrides + args.set
+    cfg = _config(args, run_dir=target)
+    if args.adapter and args.target and args.target != cfg.model.name:
+        cfg.model.name = args.target  # MODEL is the base the adapter goes on
+    serve.main(cfg, target, compare_base=args.compare_base)
+
+
 def cmd_config(args):
     from convsum.config import field_docs
 
@@ -175,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="branch to commit to (created if needed)")
     p.add_argument("--dry-run", action="store_true", help="list files and show the card; upload nothing")
     p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("serve", help="HTTP API + a page to try the summarizer (127.0.0.1 by default)")
+    p.add_argument("target", nargs="?", help="run folder, merged model folder or model id")
+    p.add_argument("--adapter", help="run folder whose adapter goes on MODEL")
+    p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--compare-base", action="store_true", help="also load the base model; the page shows both")
+    _common(p, "max_new_tokens", "num_beams")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("config", help="list every config field with its default and meaning")
     p.set_defaults(func=cmd_config)
