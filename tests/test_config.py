@@ -19,6 +19,11 @@ def test_every_shipped_yaml_loads_and_starts_with_its_command(path):
     assert first.startswith("# ") and ("convsum " in first or "accelerate " in first or "torchrun " in first), first
     if "accelerate" in path.parts:  # accelerate configs are validated in test_distributed
         return
+    if "sweeps" in path.parts:  # a grid: every combination must be a valid config
+        from convsum.sweep import expand, load_grid
+
+        assert len(expand(load_config(), load_grid(path))) >= 2
+        return
     cfg = load_config(path)
     assert isinstance(cfg, Config)
 

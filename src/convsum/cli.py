@@ -67,7 +67,7 @@ def cmd_evaluate(args):
     from convsum import evaluate
 
     evaluate.main(_config(args, run_dir=args.target), target=args.target, base=args.base, split=args.split,
-                  limit=args.limit, output=args.eval_output, compare_base=args.compare_base)
+                  limit=args.limit, output=args.eval_output, compare_base=args.compare_base, engine=args.engine)
 
 
 def cmd_score(args):
@@ -125,6 +125,18 @@ def cmd_serve(args):
     serve.main(cfg, target, compare_base=args.compare_base)
 
 
+def cmd_sweep(args):
+    from convsum import sweep
+
+    sweep.main(_config(args), args.grid, args.sweep_output)
+
+
+def cmd_report(args):
+    from convsum import report
+
+    report.main(args.runs, args.report_output)
+
+
 def cmd_config(args):
     from convsum.config import field_docs
 
@@ -157,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, help="first N dialogues of the split")
     p.add_argument("--output", dest="eval_output", help="folder for predictions.jsonl and metrics.json")
+    p.add_argument("--engine", default="transformers", choices=["transformers", "vllm"],
+                   help="generation engine (vllm: optional, CUDA only)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("score", help="score a predictions file (.txt or .jsonl) without a model")
@@ -197,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-base", action="store_true", help="also load the base model; the page shows both")
     _common(p, "max_new_tokens", "num_beams")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("sweep", help="grid of runs, selected on a held-out slice of the training data")
+    _common(p, "model", "data", "max_steps", "max_train_examples")
+    p.add_argument("--grid", required=True, help="YAML mapping config fields to value lists")
+    p.add_argument("--output", dest="sweep_output", required=True, help="sweep folder (one run folder per combination)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="HTML + Markdown report (curves, ROUGE, lengths, best/worst examples)")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--output", dest="report_output", default="report.html")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("config", help="list every config field with its default and meaning")
     p.set_defaults(func=cmd_config)

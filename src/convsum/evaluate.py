@@ -31,10 +31,36 @@ def default_output(target: str | None, cfg: Config, split: str, limit: int | Non
     return Path("runs") / f"base-{slug}" / suffix
 
 
-def evaluate_model(summarizer, records: list[Record], out_dir: Path, split: str) -> dict:
+def generate_sharded(summarizer, dialogues: list[str], desc: str) -> list[str]:
+    """Each process (accelerate launch / torchrun) generates a contiguous slice; gathered in order."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    if state.num_processes == 1:
+        return summarizer(dialogues, progress=True, desc=desc)
+    with state.split_between_processes(list(range(len(dialogues)))) as mine:
+        preds = summarizer([dialogues[i] for i in mine], progress=state.is_main_process, desc=desc)
+        pairs = gather_object([list(zip(mine, preds))])
+    out = [""] * len(dialogues)
+    for chunk in pairs:
+        for i, p in chunk:
+            out[i] = p
+    return out
+
+
+def evaluate_model(summarizer, records: list[Record], out_dir: Path, split: str, engine: str = "transformers") -> dict:
+    from accelerate import PartialState
+
     t0 = time.perf_counter()
-    preds = summarizer([r.dialogue for r in records], progress=True, desc=f"{summarizer.name} on {split}")
+    dialogues = [r.dialogue for r in records]
+    if engine == "vllm":
+        preds = generate_vllm(summarizer, dialogues)
+    else:
+        preds = generate_sharded(summarizer, dialogues, f"{summarizer.name} on {split}")
     elapsed = time.perf_counter() - t0
+    if not PartialState().is_main_process:
+        return {}
     result = metrics.score_pairs(preds, [r.references for r in records], records[0].reference_names)
     result.update(model=summarizer.name, **summarizer.info, split=split, time_s=round(elapsed, 1),
                   dialogues_per_min=round(60 * len(records) / elapsed, 1) if elapsed > 0 else None,
@@ -48,8 +74,27 @@ def evaluate_model(summarizer, records: list[Record], out_dir: Path, split: str)
     return result
 
 
+def generate_vllm(summarizer, dialogues: list[str]) -> list[str]:
+    """Optional engine: vLLM with the adapter through its LoRA support (Linux + CUDA; not testable on CPU)."""
+    try:
+        from vllm import LLM, SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.lora.request import LoRARequest
+    except ImportError:
+        raise ConvsumError("--engine vllm needs vLLM (pip install vllm; Linux with a CUDA GPU)") from None
+    adapter = summarizer.info.get("adapter")
+    base = summarizer.info.get("base_path") or summarizer.info["base_model"]
+    llm = LLM(model=base, enable_lora=adapter is not None, max_lora_rank=64, dtype="bfloat16")
+    params = SamplingParams(temperature=0.0, max_tokens=summarizer.gen.max_new_tokens)
+    prompts = [TokensPrompt(prompt_token_ids=summarizer.encode(d)) for d in dialogues]  # the exact convsum prompt
+    lora = LoRARequest("convsum", 1, adapter) if adapter else None
+    return [o.outputs[0].text.strip() for o in llm.generate(prompts, params, lora_request=lora)]
+
+
 def main(cfg: Config, target: str | None = None, base: bool = False, split: str = "test", limit: int | None = None,
-         output: str | None = None, compare_base: bool = False) -> dict[str, dict]:
+         output: str | None = None, compare_base: bool = False, engine: str = "transformers") -> dict[str, dict]:
+    from accelerate import PartialState
+
     from convsum.generate import load_summarizer
 
     if target is None and not base:
@@ -71,13 +116,16 @@ def main(cfg: Config, target: str | None = None, base: bool = False, split: str 
             out_dir = Path(output) / label if len(runs) > 1 else Path(output)
         else:
             out_dir = default_output(target, cfg, split, limit, as_base)
-        summarizer = load_summarizer(target, cfg, base=as_base)
-        results[label] = evaluate_model(summarizer, records, out_dir, split)
+        summarizer = load_summarizer(target, cfg, base=as_base, merge=engine != "vllm")
+        results[label] = evaluate_model(summarizer, records, out_dir, split, engine)
+        if not PartialState().is_main_process:
+            continue
         print(f"convsum: {label}: {len(records)} dialogues in {results[label]['time_s']:.0f} s; "
               f"wrote {out_dir / 'predictions.jsonl'} and metrics.json")
         del summarizer
-    print()
-    print(metrics.format_table(results, refs=_table_refs(results)))
+    if PartialState().is_main_process:
+        print()
+        print(metrics.format_table(results, refs=_table_refs(results)))
     return results
 
 

@@ -76,7 +76,7 @@ class Summarizer:
         return out
 
 
-def load_summarizer(target: str | None, cfg: Config, base: bool = False) -> Summarizer:
+def load_summarizer(target: str | None, cfg: Config, base: bool = False, merge: bool = True) -> Summarizer:
     """target: a run folder, a merged/adapter folder written by convsum, a model id/folder, or None (cfg.model).
     base=True loads the target's base model without the adapter, with the same prompt template."""
     from convsum.config import ModelConfig
@@ -103,7 +103,16 @@ def load_summarizer(target: str | None, cfg: Config, base: bool = False) -> Summ
         info = {"base_model": target}
     else:
         info = {"base_model": cfg.model.name}
-    tokenizer = load_tokenizer(model_cfg)
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():  # the bundled model is converted once, by one process
+        tokenizer = load_tokenizer(model_cfg)
+    from convsum.modeling import resolve
+
+    info["base_path"] = resolve(model_cfg)[0]
+    if not merge:  # an external engine (vLLM) loads the weights itself
+        return Summarizer(_NoModel(), tokenizer, template, cfg.generate, "fine-tuned" if adapter and not base else "base",
+                          {**info, **({"adapter": str(adapter)} if adapter and not base else {})})
     model = load_model(model_cfg)
     name = "base"
     if adapter is not None and not base:
@@ -118,6 +127,11 @@ def load_summarizer(target: str | None, cfg: Config, base: bool = False) -> Summ
     elif target and is_convsum_model(target) and read_model_info(target)["kind"] == "merged":
         name = "fine-tuned"
     return Summarizer(model, tokenizer, template, cfg.generate, name, info)
+
+
+class _NoModel:
+    def eval(self):
+        return self
 
 
 def read_dialogues(source: str, field_name: str) -> list[str]:

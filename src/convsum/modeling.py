@@ -128,7 +128,9 @@ def load_model(cfg: ModelConfig, for_training: bool = False):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=_dtype(cfg.bnb_4bit_compute_dtype))
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        from accelerate import PartialState
+
+        kwargs["device_map"] = {"": PartialState().device}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
@@ -138,7 +140,9 @@ def load_model(cfg: ModelConfig, for_training: bool = False):
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     if not cfg.load_in_4bit and torch.cuda.is_available():
-        model = model.to("cuda")
+        from accelerate import PartialState
+
+        model = model.to(PartialState().device)  # this process's GPU under accelerate/torchrun
     return model
 
 

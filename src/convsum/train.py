@@ -253,7 +253,8 @@ def main(cfg: Config, resume: bool = False) -> dict:
     if not resume and (run_dir / "run.json").exists():
         raise ConvsumError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
 
-    tokenizer = load_tokenizer(cfg.model)
+    with state.main_process_first():  # the bundled model is converted once, by one process
+        tokenizer = load_tokenizer(cfg.model)
     split, train_ex, val_ex, truncated = prepare_examples(cfg, tokenizer)
     if not train_ex:
         raise ConvsumError(f"{cfg.data.source}: no training examples left after holding out {len(val_ex)}")
