@@ -33,6 +33,7 @@ VARIANTS = {
     "convsum-fp32": {"train.bf16": "false"},
     "convsum": {},  # the defaults: bf16 autocast (when the CPU has it) + summary-only logits
     "convsum-micro4x2": {"train.batch_size": 4, "train.grad_accum": 2},
+    "convsum-notrim": {},  # the defaults without the ReleaseMemory callback (peak RSS comparison)
 }
 
 
@@ -78,11 +79,12 @@ def _cfg(overrides: dict, args, out: str):
 
     return load_config(ROOT / "configs" / "gemma3-270m.yaml", {
         "data.source": str(args.data), "data.val_size": 0, "train.output_dir": out, "train.save_steps": 10_000,
-        "train.max_steps": args.warmup + args.steps, "train.logging_steps": 1, "train.group_by_length": False,
-        "data.max_train_examples": 8 * (args.warmup + args.steps), **overrides})
+        "train.max_steps": args.warmup + args.steps, "train.logging_steps": 1,
+        "data.max_train_examples": 8 * (args.warmup + args.steps), "train.group_by_length": args.group_by_length,
+        **overrides})
 
 
-def run_convsum(overrides: dict, args, out: str) -> tuple:
+def run_convsum(overrides: dict, args, out: str, trim: bool = True) -> tuple:
     from convsum import train
     from convsum.modeling import add_lora, load_model, load_tokenizer
 
@@ -94,6 +96,8 @@ def run_convsum(overrides: dict, args, out: str) -> tuple:
     targs = train.training_arguments(cfg, Path(out) / "checkpoints", False, train.bf16_enabled(cfg.train.bf16))
     targs.disable_tqdm = True
     trainer, _ = train.build_trainer(cfg, model, tok, train_ex, [], targs, Path(out) / "log.jsonl")
+    if not trim:
+        trainer.remove_callback(train.ReleaseMemory)
     timer = StepTimer(trainer.data_collator)
     trainer.data_collator = timer
     trainer.add_callback(timer.callback())
@@ -139,7 +143,7 @@ def child(variant: str, args) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as out:
         timer, accum, bf16, model = run_trl(args, out) if VARIANTS[variant] is None else \
-            run_convsum(VARIANTS[variant], args, out)
+            run_convsum(VARIANTS[variant], args, out, trim=not variant.endswith("notrim"))
     w = args.warmup * accum
     tokens = sum(timer.batch_tokens[w: w + args.steps * accum])
     labels = sum(timer.batch_labels[w: w + args.steps * accum])
@@ -160,6 +164,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--group-by-length", action="store_true",
+                    help="convsum's default length-grouped batches (TRL keeps its default random order)")
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.child:
@@ -172,7 +178,7 @@ def main() -> None:
     results = []
     for v in args.variants.split(","):
         cmd = [sys.executable, __file__, "--child", v, "--data", str(args.data), "--steps", str(args.steps),
-               "--warmup", str(args.warmup)]
+               "--warmup", str(args.warmup)] + (["--group-by-length"] if args.group_by_length else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode or not line:

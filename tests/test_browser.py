@@ -18,7 +18,7 @@ def server(tiny_model_dir):
     from convsum.config import load_config
     from convsum.generate import load_summarizer
 
-    cfg = load_config(None, {"model.name": str(tiny_model_dir), "generate.max_new_tokens": 8})
+    cfg = load_config(None, {"model.name": str(tiny_model_dir), "generate.max_new_tokens": 8, "generate.bf16": "false"})
     s = load_summarizer(str(tiny_model_dir), cfg)
     app = serve.create_app({"fine-tuned": s, "base": s}, cfg)
     with socket.socket() as sock:

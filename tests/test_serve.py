@@ -21,7 +21,8 @@ def summarizers(tiny_model_dir, tmp_path_factory):
     conftest.write_jsonl(d / "train.jsonl", conftest.make_records(16))
     cfg = load_config(None, {"model.name": str(tiny_model_dir), "data.source": str(d / "train.jsonl"),
                              "data.val_size": 0, "train.output_dir": str(d / "run"), "train.max_steps": 3,
-                             "train.save_steps": 100, "train.bf16": "false", "generate.max_new_tokens": 12})
+                             "train.save_steps": 100, "train.bf16": "false", "generate.max_new_tokens": 12,
+                             "generate.bf16": "false"})
     train.main(cfg)
     return cfg, {"fine-tuned": load_summarizer(str(d / "run"), cfg), "base": load_summarizer(str(d / "run"), cfg, base=True)}
 

@@ -106,6 +106,8 @@ class GenerateConfig:
     num_beams: int = _f(1, "1 = greedy; >1 = beam search.")
     batch_size: int = _f(16, "Dialogues generated together.")
     max_input_tokens: int = _f(1024, "Prompt tokens kept (the dialogue is truncated to fit).")
+    bf16: str = _f("auto", "bfloat16 autocast for generation: auto (CPU with native bf16 or a CUDA GPU), true or "
+                   "false. Weights stay fp32; ROUGE matches fp32 within noise (see bench/RESULTS.md).")
 
 
 @dataclass
@@ -274,6 +276,7 @@ def validate(cfg: Config) -> None:
          "train.lr_scheduler: must be cosine, linear, constant_with_warmup or constant"),
         (0.0 <= cfg.train.warmup_ratio < 1.0, "train.warmup_ratio: must be in [0, 1)"),
         (cfg.train.bf16 in ("auto", "true", "false"), "train.bf16: must be auto, true or false"),
+        (cfg.generate.bf16 in ("auto", "true", "false"), "generate.bf16: must be auto, true or false"),
         (cfg.train.max_steps > 0 or cfg.train.epochs > 0, "train.epochs: must be positive when max_steps is -1"),
         (cfg.train.save_steps > 0 and cfg.train.logging_steps > 0, "train.save_steps and train.logging_steps: must be positive"),
         (cfg.generate.max_new_tokens > 0, "generate.max_new_tokens: must be positive"),
