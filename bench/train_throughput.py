@@ -110,7 +110,6 @@ def run_trl(args, out: str) -> tuple:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from convsum import train
     from convsum.modeling import load_model, load_tokenizer
 
     cfg = _cfg({}, args, out)

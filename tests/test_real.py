@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from convsum import cli
-from convsum.config import BUNDLED_MODEL, ModelConfig, load_config
+from convsum.config import BUNDLED_MODEL, ModelConfig
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from transformers import TrainerCallback
 from convsum import train
 from convsum.errors import ConvsumError
 from convsum.modeling import add_lora, load_model, load_tokenizer
-from convsum.prompt import PromptFormatter, collate
+from convsum.prompt import collate
 
 
 def _batch(cfg, n=6):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,18 +112,9 @@ def read_records(path: Path, cfg: DataConfig) -> list[Record]:
 
 
 def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
-    rows = []
-    for n, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConvsumError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise ConvsumError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-        rows.append((n, obj))
-    return rows
+    from convsum.io import jsonl_objects
+
+    return jsonl_objects(text, str(path))
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:

@@ -19,8 +19,7 @@ from convsum import metrics
 from convsum.config import Config
 from convsum.data import Record, canonical_split, load_split
 from convsum.errors import ConvsumError
-from convsum.io import atomic_write_json, atomic_write_jsonl
-from convsum.rundir import is_run
+from convsum.io import atomic_write_json, atomic_write_jsonl, jsonl_objects, read_utf8
 
 
 def default_output(target: str | None, cfg: Config, split: str, limit: int | None, base: bool) -> Path:
@@ -137,12 +136,7 @@ def _table_refs(results: dict) -> tuple[str, ...]:
 
 def read_predictions(path: Path, records: list[Record]) -> list[str]:
     """Predictions in split order from a .txt (one per line) or .jsonl (fname, prediction) file."""
-    if not path.is_file():
-        raise ConvsumError(f"{path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConvsumError(f"{path}: not valid UTF-8") from None
+    text = read_utf8(path)
     if path.suffix != ".jsonl":
         lines = text.split("\n")
         if lines and lines[-1] == "":
@@ -152,15 +146,7 @@ def read_predictions(path: Path, records: list[Record]) -> list[str]:
                                "(one line per dialogue, in split order)")
         return [ln.strip() for ln in lines]
     by_id: dict[str, str] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConvsumError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise ConvsumError(f"{path}:{n}: expected a JSON object")
+    for n, obj in jsonl_objects(text, str(path)):
         for key in ("fname", "prediction"):
             if not isinstance(obj.get(key), str):
                 raise ConvsumError(f"{path}:{n}: field {key!r} missing or not a string")

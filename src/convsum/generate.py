@@ -152,24 +152,15 @@ def read_dialogues(source: str, field_name: str) -> list[str]:
         text = sys.stdin.read()
         where = "<stdin>"
     else:
-        p = Path(source)
-        if not p.is_file():
-            raise ConvsumError(f"{source}: no such file")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ConvsumError(f"{source}: not valid UTF-8") from None
-        where = source
+        from convsum.io import read_utf8
+
+        text, where = read_utf8(source), source
     if source.endswith(".jsonl") or (text.lstrip().startswith("{") and source == "-"):
+        from convsum.io import jsonl_objects
+
         out = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConvsumError(f"{where}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
-            value = obj.get(field_name) if isinstance(obj, dict) else None
+        for n, obj in jsonl_objects(text, where):
+            value = obj.get(field_name)
             if not isinstance(value, str) or not value.strip():
                 raise ConvsumError(f"{where}:{n}: field {field_name!r} missing, not a string or empty")
             out.append(value.strip())

@@ -55,6 +55,38 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def read_utf8(path: str | Path) -> str:
+    """A text file's contents, or a one-line ConvsumError if it is missing or not UTF-8."""
+    from convsum.errors import ConvsumError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConvsumError(f"{p}: no such file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[: e.start].count(b"\n") + 1
+        raise ConvsumError(f"{p}:{line}: not valid UTF-8") from None
+
+
+def jsonl_objects(text: str, where: str) -> list[tuple[int, dict]]:
+    """(line number, object) per non-blank line; a bad line is a ConvsumError naming `where:line`."""
+    from convsum.errors import ConvsumError
+
+    rows = []
+    for n, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConvsumError(f"{where}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise ConvsumError(f"{where}:{n}: expected a JSON object, got {type(obj).__name__}")
+        rows.append((n, obj))
+    return rows
+
+
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)

@@ -1,0 +1,101 @@
+import io
+import json
+
+import pytest
+
+from convsum import cli, train
+from convsum.errors import ConvsumError
+from convsum.evaluate import read_predictions
+from convsum.data import load_split
+from convsum.config import DataConfig
+
+
+@pytest.fixture
+def run(tiny_cfg):
+    tiny_cfg.train.max_steps = 2
+    train.main(tiny_cfg)
+    return tiny_cfg.train.output_dir
+
+
+def test_evaluate_writes_predictions_and_metrics_with_base_side_by_side(run, data_dir, capsys):
+    assert cli.main(["evaluate", run, "--compare-base", "--data", str(data_dir), "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "base " in out and "fine-tuned " in out and "mean of 3" in out
+    from pathlib import Path
+
+    for d in ("eval-test", "eval-test-base"):
+        preds = [json.loads(x) for x in (Path(run) / d / "predictions.jsonl").read_text().splitlines()]
+        assert [p["fname"] for p in preds] == [f"ex_{i}" for i in range(100, 106)]
+        assert set(preds[0]) == {"fname", "dialogue", "prediction", "references"}
+        assert set(preds[0]["references"]) == {"summary1", "summary2", "summary3"}
+        m = json.loads((Path(run) / d / "metrics.json").read_text())
+        assert m["n"] == 6 and set(m["per_reference"]) == {"summary1", "summary2", "summary3"}
+        assert {"mean", "best", "gen_length_words", "time_s", "prompt_template"} <= set(m)
+
+
+def test_evaluate_limit_and_output(run, data_dir, tmp_path):
+    assert cli.main(["evaluate", run, "--data", str(data_dir), "--limit", "2", "--output", str(tmp_path / "e")]) == 0
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["n"] == 2
+
+
+def test_score_json_is_exactly_the_documented_shape(data_dir, tmp_path, capsys):
+    recs = load_split(DataConfig(source=str(data_dir)), "test")
+    txt = tmp_path / "p.txt"
+    txt.write_text("".join(r.references[0] + "\n" for r in recs))
+    assert cli.main(["score", str(txt), "--data", str(data_dir), "--split", "test", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out) == ["n", "per_reference", "mean", "best"] and out["n"] == 6
+    assert list(out["per_reference"]) == ["summary1", "summary2", "summary3"]
+    assert list(out["mean"]) == ["rouge1", "rouge2", "rougeL", "rougeLsum"]
+    assert out["per_reference"]["summary1"]["rouge1"] == 100.0 and out["best"]["rougeL"] == 100.0
+    assert out["per_reference"]["summary2"]["rouge1"] < 100.0
+
+    jl = tmp_path / "p.jsonl"
+    jl.write_text("".join(json.dumps({"fname": r.id, "prediction": r.references[0]}) + "\n" for r in reversed(recs)))
+    assert cli.main(["score", str(jl), "--data", str(data_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == out  # order in the file does not matter: matched by fname
+
+
+@pytest.mark.parametrize("content,suffix,needle", [
+    ("a\nb\n", ".txt", "2 predictions for 6 dialogues"),
+    ('{"fname": "ex_100", "prediction": "x"}\n', ".jsonl", "1 predictions for 6 dialogues"),
+    ('{"fname": "nope", "prediction": "x"}\n', ".jsonl", "'nope' is not in the split"),
+    ('{"fname": "ex_100"}\n', ".jsonl", "field 'prediction' missing"),
+    ('{"fname": "ex_100", "prediction": "x"}\n{"fname": "ex_100", "prediction": "y"}\n', ".jsonl", "duplicate"),
+    ("{bad\n", ".jsonl", ":1: invalid JSON"),
+])
+def test_score_errors(data_dir, tmp_path, content, suffix, needle):
+    p = tmp_path / f"p{suffix}"
+    p.write_text(content)
+    with pytest.raises(ConvsumError, match=needle):
+        read_predictions(p, load_split(DataConfig(source=str(data_dir)), "test"))
+
+
+def test_summarize_from_stdin_and_jsonl(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("#Person1#: Hello, I am Tom.\n#Person2#: Hi Tom."))
+    assert cli.main(["summarize", run, "-", "--json"]) == 0
+    assert len([json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]) == 1
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"dialogue": "#Person1#: a"}) + "\n" + json.dumps({"dialogue": "#Person1#: b"}) + "\n")
+    assert cli.main(["summarize", run, str(f), "--max-new-tokens", "4"]) == 0
+    assert len(capsys.readouterr().out.strip("\n").split("\n")) == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "x"}) + "\n")
+    assert cli.main(["summarize", run, str(bad)]) == 2
+    assert "bad.jsonl:1: field 'dialogue'" in capsys.readouterr().err
+
+
+def test_summarize_base_and_unfinished_run_errors(tiny_cfg, capsys):
+    from pathlib import Path
+
+    run = Path(tiny_cfg.train.output_dir)
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"base_model": tiny_cfg.model.name, "prompt_template": "{dialogue}"}))
+    from convsum.config import save_config
+
+    save_config(tiny_cfg, run / "config.yaml")
+    f = run / "d.txt"
+    f.write_text("#Person1#: hi")
+    assert cli.main(["summarize", str(run), str(f)]) == 2
+    assert "no adapter yet" in capsys.readouterr().err
+    assert cli.main(["summarize", str(run), str(f), "--base", "--max-new-tokens", "3"]) == 0
