@@ -36,11 +36,31 @@ def test_data_stats_on_dialogsum(shared_data, capsys):
     assert rows["validation"][1:3] == ["500", "1"] and rows["test"][1:3] == ["500", "3"]
 
 
-def test_short_real_run_trains_and_evaluates(shared_data, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert cli.main(["train", "--data", str(shared_data), "--output", str(run), "--max-steps", "2",
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    from conftest import SHARED_DATA  # noqa: I001 - tests/ is on sys.path under pytest
+
+    if not (SHARED_DATA / "dialogsum.test.jsonl").is_file():
+        pytest.skip(f"DialogSum not found at {SHARED_DATA} (it is never copied into the repo)")
+    run = tmp_path_factory.mktemp("real") / "run"
+    assert cli.main(["train", "--data", str(SHARED_DATA), "--output", str(run), "--max-steps", "2",
                      "--max-train-examples", "16", "--set", "data.val_size=4", "--set", "train.batch_size=4",
-                     "--set", "train.save_steps=1"]) == 0
+                     "--set", "train.save_steps=1", "--set", "train.learning_rate=2e-3"]) == 0
+    return run
+
+
+def test_merge_a_real_run(real_run, tmp_path):
+    from convsum import merge
+
+    result = merge.main(str(real_run), str(tmp_path / "merged"))
+    assert result["max_abs_logit_diff"] <= 1e-4 and result["greedy_identical"]
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "merged").config.vocab_size == 262144
+
+
+def test_short_real_run_trains_and_evaluates(shared_data, real_run, capsys):
+    run = real_run
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((run / "run.json").read_text())["train_split"] == "validation"
     assert cli.main(["evaluate", str(run), "--split", "test", "--limit", "4", "--max-new-tokens", "24"]) == 0
