@@ -78,7 +78,7 @@ def tiny_cfg(tiny_model_dir, data_dir, tmp_path):
 
     return load_config(None, {
         "model.name": str(tiny_model_dir), "data.source": str(data_dir), "data.val_size": 4,
-        "data.max_length": 128, "train.output_dir": str(tmp_path / "run"), "train.batch_size": 4,
+        "data.max_length": 128, "train.output_dir": str(tmp_path / "run"), "train.batch_size": 4, "train.grad_accum": 1,
         "train.max_steps": 6, "train.save_steps": 3, "train.logging_steps": 1, "train.eval_steps": 3,
         "train.learning_rate": 3e-3, "train.bf16": "false", "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.0,
         "generate.max_new_tokens": 16, "generate.batch_size": 4, "generate.bf16": "false",

@@ -42,7 +42,7 @@ def test_two_processes_match_one_with_the_same_effective_batch(tiny_model_dir, d
     common = ["--model", str(tiny_model_dir), "--data", str(data_dir), "--max-steps", "4",
               "--set", "lora.dropout=0", "--set", "train.group_by_length=false", "--set", "train.bf16=false",
               "--set", "data.max_length=128", "--set", "train.save_steps=2", "--set", "train.learning_rate=3e-3",
-              "--set", "lora.r=4", "--set", "data.val_size=4"]
+              "--set", "lora.r=4", "--set", "data.val_size=4", "--set", "train.grad_accum=1"]
     _torchrun(1, ["train", *common, "--output", str(tmp_path / "one"), "--set", "train.batch_size=4"], tmp_path)
     _torchrun(2, ["train", *common, "--output", str(tmp_path / "two"), "--set", "train.batch_size=2"], tmp_path)
     one, two = (load_file(str(tmp_path / r / "adapter" / "adapter_model.safetensors")) for r in ("one", "two"))

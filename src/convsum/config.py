@@ -80,8 +80,9 @@ class TrainConfig:
     output_dir: str = _f("runs/gemma3-270m-lora", "Run folder (config, adapter, checkpoints, logs).")
     epochs: float = _f(1.0, "Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: use epochs).")
-    batch_size: int = _f(8, "Examples per forward pass, per process.")
-    grad_accum: int = _f(1, "Forward passes per optimizer step.")
+    batch_size: int = _f(2, "Examples per forward pass, per process (activation memory grows with it).")
+    grad_accum: int = _f(4, "Forward passes per optimizer step; the loss is normalised over all of them, so "
+                         "2 x 4 gives the same updates as 8 x 1.")
     learning_rate: float = _f(2e-4, "Peak AdamW learning rate.")
     lr_scheduler: str = _f("cosine", "Decay after warmup: cosine, linear or constant_with_warmup.")
     warmup_ratio: float = _f(0.05, "Fraction of steps for linear warmup.")

@@ -28,7 +28,7 @@ N_HELD_OUT = 24
 # Small-data settings: a few epochs over ~64 examples, a higher learning rate than the full-data
 # preset. Chosen on the sample's own held-out validation slice, not on any test split.
 DEMO_OVERRIDES = {
-    "train.epochs": 3.0, "train.learning_rate": 4e-4, "train.batch_size": 8, "train.save_steps": 8,
+    "train.epochs": 3.0, "train.learning_rate": 4e-4, "train.save_steps": 8,
     "train.eval_steps": 8, "train.logging_steps": 2, "data.val_size": 8, "data.max_length": 512,
     "generate.max_new_tokens": 64, "generate.batch_size": 24,
 }
