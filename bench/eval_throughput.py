@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=None, help="convsum generate.batch_size (default: config)")
+    ap.add_argument("--bf16", default="auto", choices=["auto", "false"],
+                    help="convsum's generate.bf16; 'false' compares fp32 with fp32 (the pipeline runs in fp32)")
     args = ap.parse_args()
     if not (args.data / "dialogsum.test.jsonl").is_file():
         sys.exit(f"DialogSum not found at {args.data}")
@@ -38,7 +40,8 @@ def main() -> None:
     from convsum.data import load_split
     from convsum.generate import load_summarizer
 
-    overrides = {"data.source": str(args.data), "generate.max_new_tokens": 64, "generate.num_beams": 1}
+    overrides = {"data.source": str(args.data), "generate.max_new_tokens": 64, "generate.num_beams": 1,
+                 "generate.bf16": args.bf16}
     if args.batch_size:
         overrides["generate.batch_size"] = args.batch_size
     cfg = load_config(ROOT / "configs" / "gemma3-270m.yaml", overrides)
@@ -65,7 +68,7 @@ def main() -> None:
 
     same = sum(a == b for a, b in zip(ours, theirs))
     print(f"model: {summarizer.name} ({args.target or cfg.model.name}); {len(dialogues)} DialogSum test dialogues, "
-          f"greedy, max 64 new tokens, {torch.get_num_threads()} threads")
+          f"greedy, max 64 new tokens, {torch.get_num_threads()} threads, convsum generate.bf16={args.bf16}")
     print(f"{'':<34}{'seconds':>9}{'dialogues/min':>15}")
     print(f"{'transformers pipeline loop':<34}{t_pipe:>9.1f}{60 * len(dialogues) / t_pipe:>15.1f}")
     print(f"{'convsum (batched, length-sorted)':<34}{t_ours:>9.1f}{60 * len(dialogues) / t_ours:>15.1f}")

@@ -29,8 +29,8 @@ DATA = ROOT.parent / "shared" / "data" / "dialogsum"
 # variant -> convsum config overrides (None = the TRL baseline)
 VARIANTS = {
     "trl": None,
-    "convsum-fp32-full-logits-b8": {"train.bf16": "false", "train.summary_only_logits": False,
-                                    "train.batch_size": 8, "train.grad_accum": 1},
+    "convsum-fp32-full-logits": {"train.bf16": "false", "train.summary_only_logits": False},
+    "convsum-fp32": {"train.bf16": "false"},
     "convsum-fp32-b8": {"train.bf16": "false", "train.batch_size": 8, "train.grad_accum": 1},
     "convsum-bf16-b8": {"train.batch_size": 8, "train.grad_accum": 1},
     "convsum": {},  # the shipped defaults: bf16 autocast + summary-only logits, micro-batch 2 x accumulation 4

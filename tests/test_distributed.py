@@ -30,7 +30,12 @@ def test_accelerate_configs_load(path):
 
 def _torchrun(n: int, args: list[str], tmp: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_port=0",
+    import socket
+
+    with socket.socket() as sock:  # torchrun's static rendezvous needs a concrete free port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", f"--master_port={port}",
            "-m", "convsum.cli", *args] if n > 1 else [sys.executable, "-m", "convsum.cli", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -237,6 +237,7 @@ def training_arguments(cfg: Config, ckpt_dir: Path, has_eval: bool, bf16: bool) 
         logging_strategy="steps", logging_steps=t.logging_steps, report_to=t.report_to or "none",
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=False,
         use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient; skip DDP's extra graph walk
     )
 
 
