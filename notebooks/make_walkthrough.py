@@ -89,6 +89,7 @@ from convsum import train
 
 cfg.train.max_steps = MAX_STEPS
 cfg.train.batch_size = 4
+cfg.train.grad_accum = 1
 cfg.data.max_train_examples = 4 * MAX_STEPS
 cfg.data.val_size = 4
 cfg.train.save_steps = MAX_STEPS
