@@ -1,6 +1,6 @@
 """Training throughput: convsum's trainer vs the TRL SFTTrainer + PEFT baseline, same model, data and LoRA.
 
-    python bench/train_throughput.py                       # all variants, ~10 min on 2 CPU cores
+    python bench/train_throughput.py                       # all variants, ~15 min on 2 CPU cores
     python bench/train_throughput.py --variants trl,convsum --steps 3
 
 Each variant runs in its own process (clean peak RSS): the same bundled Gemma 3 270M, the same
@@ -26,15 +26,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "dialogsum"
 
-# variant -> convsum config overrides (None = the TRL baseline)
+# variant -> convsum config overrides (None = the TRL baseline). Every convsum variant but the last
+# takes batches in random order like TRL, so they see the same batches; each row adds one change.
+STOCK = {"train.cpu_fast_path": False, "model.attn_implementation": "sdpa"}
 VARIANTS = {
     "trl": None,
-    "convsum-fp32-full-logits": {"train.bf16": "false", "train.summary_only_logits": False},
-    "convsum-fp32": {"train.bf16": "false"},
-    "convsum-fp32-b8": {"train.bf16": "false", "train.batch_size": 8, "train.grad_accum": 1},
-    "convsum-bf16-b8": {"train.batch_size": 8, "train.grad_accum": 1},
-    "convsum": {},  # the shipped defaults: bf16 autocast + summary-only logits, micro-batch 2 x accumulation 4
-    "convsum-notrim": {},  # the defaults without the ReleaseMemory callback
+    "convsum-fp32-full-logits": {**STOCK, "train.bf16": "false", "train.summary_only_logits": False},
+    "convsum-fp32": {**STOCK, "train.bf16": "false"},
+    "convsum-bf16": STOCK,
+    "convsum-fastpath": {"model.attn_implementation": "sdpa"},
+    "convsum-eager": {},
+    "convsum": {"train.group_by_length": True},  # the shipped defaults
+    "convsum-notrim": {"train.group_by_length": True},  # the defaults without the ReleaseMemory callback
 }
 
 
@@ -53,11 +56,13 @@ class StepTimer:
 
     def __init__(self, collator):
         self.collator, self.batch_tokens, self.batch_labels, self.step_times = collator, [], [], []
+        self.batch_slots = []  # tokens including padding
 
     def __call__(self, batch):
         out = self.collator(batch)
         self.batch_tokens.append(int(out["attention_mask"].sum()))
         self.batch_labels.append(int((out["labels"] != -100).sum()))
+        self.batch_slots.append(out["input_ids"].numel())
         return out
 
     def callback(self):
@@ -81,7 +86,8 @@ def _cfg(overrides: dict, args, out: str):
     return load_config(ROOT / "configs" / "gemma3-270m.yaml", {
         "data.source": str(args.data), "data.val_size": 0, "train.output_dir": out, "train.save_steps": 10_000,
         "train.max_steps": args.warmup + args.steps, "train.logging_steps": 1,
-        "data.max_train_examples": 8 * (args.warmup + args.steps),  # effective batch 8 in every variant "train.group_by_length": args.group_by_length,
+        "data.max_train_examples": 8 * (args.warmup + args.steps),  # effective batch 8 in every variant
+        "train.group_by_length": False,
         **overrides})
 
 
@@ -147,15 +153,19 @@ def child(variant: str, args) -> dict:
     w = args.warmup * accum  # batches per optimizer step = accum
     tokens = sum(timer.batch_tokens[w: w + args.steps * accum])
     labels = sum(timer.batch_labels[w: w + args.steps * accum])
+    slots = sum(timer.batch_slots[w: w + args.steps * accum])
     secs = sum(timer.step_times[args.warmup: args.warmup + args.steps])
-    emb = model.get_input_embeddings().weight.numel()
-    body = sum(p.numel() for p in model.parameters()) - emb  # tied head counted once, as `emb`
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    # The head is counted once, as `emb`, whether tied or (convsum's CPU fast path) a separate bf16 copy.
+    body = sum(p.numel() for p in model.parameters()) - emb.numel() - (head.numel() if head is not emb else 0)
+    emb = emb.numel()
     # LoRA step on a frozen base: forward 2N + input-gradient backward 2N FLOPs per token for the body;
     # the head is needed only on label positions (the minimum any trainer must do).
     flops = 4 * body * tokens + 4 * emb * labels
     return {"variant": variant, "tokens_per_s": tokens / secs, "s_per_step": secs / args.steps, "tokens": tokens,
             "bf16": bool(bf16), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
-            "useful_gflop_per_s": flops / secs / 1e9}
+            "useful_gflop_per_s": flops / secs / 1e9,
+            "padding_pct": 100 * (slots - tokens) / slots}
 
 
 def main() -> None:
@@ -164,8 +174,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--variants", default=",".join(v for v in VARIANTS if v != "convsum-notrim"))
-    ap.add_argument("--group-by-length", action="store_true",
-                    help="convsum's default length-grouped batches (TRL keeps its default random order)")
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.child:
@@ -178,7 +186,7 @@ def main() -> None:
     results = []
     for v in args.variants.split(","):
         cmd = [sys.executable, __file__, "--child", v, "--data", str(args.data), "--steps", str(args.steps),
-               "--warmup", str(args.warmup)] + (["--group-by-length"] if args.group_by_length else [])
+               "--warmup", str(args.warmup)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode or not line:
@@ -189,12 +197,12 @@ def main() -> None:
         print(f"  {v}: {r['tokens_per_s']:.0f} tokens/s", flush=True)
     base = next((r for r in results if r["variant"] == "trl"), None)
     print(f"\n{'variant':<26}{'bf16':>5}{'s/step':>8}{'tokens/s':>10}{'vs TRL':>8}{'useful GFLOP/s':>16}"
-          f"{'% bf16 ceil':>12}{'peak RSS GB':>12}")
+          f"{'% bf16 ceil':>12}{'padding':>9}{'peak RSS GB':>12}")
     for r in results:
         ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.1f}x" if base else "-"
         print(f"{r['variant']:<26}{'y' if r['bf16'] else 'n':>5}{r['s_per_step']:>8.1f}{r['tokens_per_s']:>10.0f}"
               f"{ratio:>8}{r['useful_gflop_per_s']:>16.0f}{100 * r['useful_gflop_per_s'] / bf16:>11.0f}%"
-              f"{r['peak_rss_gb']:>12.1f}")
+              f"{r['padding_pct']:>8.0f}%{r['peak_rss_gb']:>12.1f}")
 
 
 if __name__ == "__main__":

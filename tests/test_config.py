@@ -63,3 +63,16 @@ def test_bad_config_is_one_clear_error(tmp_path, text, needle):
 def test_cli_flag_type_error_names_the_flag():
     with pytest.raises(ConvsumError, match="--train.max_steps"):
         load_config(None, {"train.max_steps": "ten"})
+
+
+def test_missing_local_looking_model_folder_fails_fast_without_the_hub(tmp_path, monkeypatch):
+    from convsum.config import ModelConfig
+    from convsum.modeling import resolve
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ConvsumError, match=r"runs/missing: model folder not found \(./runs exists"):
+        resolve(ModelConfig(name="runs/missing"))
+    assert resolve(ModelConfig(name="google/gemma-3-270m")) == ("google/gemma-3-270m", None)  # still a Hub id
+    (tmp_path / "runs" / "missing").mkdir()
+    assert resolve(ModelConfig(name="runs/missing"))[0] == "runs/missing"

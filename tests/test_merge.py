@@ -1,6 +1,8 @@
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +26,10 @@ def test_merge_matches_base_plus_adapter_and_loads_without_peft(trained_run, tmp
     assert result["max_abs_logit_diff"] <= 1e-4 and result["greedy_identical"]
     for name in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json", "convsum.json", "README.md"):
         assert (out / name).is_file(), name
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in list(out.iterdir()) + list((Path(trained_run) / "adapter").iterdir()):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f  # no 0600 leftovers from temp-file writers
     gen = json.loads((out / "generation_config.json").read_text())
     assert gen["eos_token_id"] is not None and gen["pad_token_id"] != gen["eos_token_id"]
     info = json.loads((out / "convsum.json").read_text())

@@ -93,8 +93,10 @@ def _adapter(run):
     return load_file(str(run / "adapter" / "adapter_model.safetensors"))
 
 
-def test_resume_after_kill_gives_the_uninterrupted_adapter(tiny_cfg, tmp_path, monkeypatch):
+@pytest.mark.parametrize("bf16", ["false", "true"])  # true: the CPU fast path (bf16 weights, LoraDropout)
+def test_resume_after_kill_gives_the_uninterrupted_adapter(tiny_cfg, tmp_path, monkeypatch, bf16):
     tiny_cfg.lora.dropout = 0.1  # dropout RNG must be restored too
+    tiny_cfg.train.bf16 = bf16
     tiny_cfg.train.output_dir = str(tmp_path / "full")
     train.main(tiny_cfg)
     full = _adapter(tmp_path / "full")

@@ -43,7 +43,8 @@ class ModelConfig:
     dtype: str = _f("float32", "Weight dtype when loading: float32, bfloat16 or float16.")
     load_in_4bit: bool = _f(False, "QLoRA: load the base in 4-bit NF4 with bitsandbytes (CUDA only).")
     bnb_4bit_compute_dtype: str = _f("bfloat16", "Compute dtype of the 4-bit layers.")
-    attn_implementation: str = _f("sdpa", "Attention kernel: sdpa or eager (flash_attention_2 if installed).")
+    attn_implementation: str = _f("auto", "Attention kernel: sdpa, eager, flash_attention_2 (if installed) or "
+                                  "auto: eager for CPU training, sdpa otherwise (each measured faster there).")
     trust_remote_code: bool = _f(False, "Run model code from the Hub repo. Off by default: it executes foreign code.")
 
 
@@ -93,6 +94,8 @@ class TrainConfig:
                    "optimizer state stay fp32.")
     summary_only_logits: bool = _f(True, "Compute the LM head only where labels are set (the summary): same loss, "
                                    "much less work with large vocabularies.")
+    cpu_fast_path: bool = _f(True, "On CPU with bf16: frozen weights stored in bf16 once and a cheaper LoRA "
+                             "dropout (convsum/fastpath.py); false keeps PEFT's stock modules.")
     group_by_length: bool = _f(True, "Batch examples of similar length together to cut padding.")
     logging_steps: int = _f(5, "Log loss, lr and tokens/s every N steps.")
     eval_steps: int = _f(50, "Held-out eval loss every N steps (0: only at the end).")

@@ -50,6 +50,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp creates 0700
     try:
         yield staging
+        _normal_permissions(staging)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -61,6 +62,16 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _normal_permissions(root: Path) -> None:
+    # Some writers (safetensors' save, mkstemp) create 0600 files; artifacts get what the umask gives.
+    mask = _umask()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o777 & ~mask)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o666 & ~mask)
 
 
 def read_utf8(path: str | Path) -> str:

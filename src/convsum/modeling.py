@@ -74,6 +74,11 @@ def resolve(cfg: ModelConfig) -> tuple[str, str | None]:
         return str(p), None
     if cfg.name.startswith((".", "/", "~")):
         raise ConvsumError(f"{cfg.name}: model folder not found")
+    # "runs/x" could be a Hub id, but when ./runs exists the user meant a local folder: say so now
+    # instead of retrying the Hub for half a minute offline.
+    if len(p.parts) > 1 and p.parent.is_dir():
+        raise ConvsumError(f"{cfg.name}: model folder not found (./{p.parent} exists, so this is not taken "
+                           "for a Hub id; a Hub id with this name would be shadowed)")
     return cfg.name, cfg.revision
 
 
@@ -116,8 +121,11 @@ def load_model(cfg: ModelConfig, for_training: bool = False):
     from transformers import AutoModelForCausalLM
 
     path, revision = resolve(cfg)
+    attn = cfg.attn_implementation
+    if attn == "auto":  # measured on 2 CPU cores: eager trains 1.12x faster, sdpa generates 1.13x faster
+        attn = "eager" if for_training and not torch.cuda.is_available() else "sdpa"
     kwargs: dict = dict(dtype=_dtype(cfg.dtype), use_safetensors=True, trust_remote_code=cfg.trust_remote_code,
-                        attn_implementation=cfg.attn_implementation)
+                        attn_implementation=attn)
     if not Path(path).is_dir() and revision:
         kwargs["revision"] = revision
     if cfg.load_in_4bit:

@@ -29,6 +29,7 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from convsum import data as data_stage
+from convsum import fastpath
 from convsum.config import Config, save_config
 from convsum.errors import ConvsumError
 from convsum.io import atomic_dir, atomic_write_json
@@ -246,6 +247,9 @@ def build_trainer(cfg: Config, model, tokenizer, train_ex: list[dict], val_ex: l
     """The configured Trainer (also used by bench/train_throughput.py, so the bench times exactly this)."""
     from datasets import Dataset
 
+    if cfg.train.cpu_fast_path and args.bf16 and not torch.cuda.is_available():
+        fastpath.cast_frozen_linears(model)
+        fastpath.use_fast_lora_dropout(model)
     ref: list = []
     stopper = StopOnInterrupt()
     trainer = SummaryTrainer(
