@@ -28,15 +28,17 @@ DATA = ROOT.parent / "shared" / "data" / "dialogsum"
 
 # variant -> convsum config overrides (None = the TRL baseline). Every convsum variant but the last
 # takes batches in random order like TRL, so they see the same batches; each row adds one change.
-STOCK = {"train.cpu_fast_path": False, "model.attn_implementation": "sdpa"}
+STOCK = {"train.cpu_fast_path": False, "model.attn_implementation": "sdpa", "train.fused_loss": False}
+FP32 = {**STOCK, "train.bf16": "false"}
 VARIANTS = {
     "trl": None,
-    "convsum-fp32-full-logits": {**STOCK, "train.bf16": "false", "train.summary_only_logits": False},
-    "convsum-fp32": {**STOCK, "train.bf16": "false"},
-    "convsum-bf16": STOCK,
-    "convsum-fastpath": {"model.attn_implementation": "sdpa"},
-    "convsum-eager": {},
-    "convsum": {"train.group_by_length": True},  # the shipped defaults
+    "convsum-fp32-full-logits": {**FP32, "train.summary_only_logits": False},  # the standard loss
+    "convsum-fp32": FP32,  # + LM head on summary positions only
+    "convsum-fp32-fused": {**FP32, "train.fused_loss": True},  # + head and cross-entropy fused
+    "convsum-bf16": {**STOCK, "train.fused_loss": True},  # + bf16 autocast
+    "convsum-fastpath": {"model.attn_implementation": "sdpa"},  # + frozen weights in bf16, LoraDropout
+    "convsum-eager": {},  # + eager attention (convsum's default for CPU training)
+    "convsum": {"train.group_by_length": True},  # + length-grouped batches: the shipped defaults
     "convsum-notrim": {"train.group_by_length": True},  # the defaults without the ReleaseMemory callback
 }
 

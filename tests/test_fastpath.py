@@ -124,3 +124,54 @@ def test_eager_and_sdpa_attention_give_the_same_loss(tiny_cfg):
         with torch.no_grad():
             losses.append(model(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "labels")}).loss)
     assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-5)  # stated tolerance: 1e-5 relative
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_fused_head_cross_entropy_equals_logits_then_cross_entropy(softcap):
+    torch.manual_seed(0)
+    vocab, dim, n = 1000, 24, 37
+    weight = torch.randn(vocab, dim)
+    hidden = torch.randn(n, dim, requires_grad=True)
+    targets = torch.randint(0, vocab, (n,))
+    targets[:3] = torch.tensor([0, vocab - 1, 511])  # first and last vocabulary slices
+
+    def stock(h):
+        logits = h @ weight.T
+        if softcap is not None:
+            logits = softcap * torch.tanh(logits / softcap)
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+
+    expected = stock(hidden)
+    (g_expected,) = torch.autograd.grad(expected * 0.5, hidden)
+    for chunk in (128, 333, 4096):  # several slices, a ragged last slice, one slice
+        loss = fastpath.head_cross_entropy(hidden, weight, targets, softcap, chunk=chunk)
+        (grad,) = torch.autograd.grad(loss * 0.5, hidden)
+        # fp32: stated tolerance 1e-5 relative on the loss, 1e-5 on the gradient
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+        torch.testing.assert_close(grad, g_expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_head_cross_entropy_under_bf16_autocast_matches_the_stock_head():
+    torch.manual_seed(0)
+    weight = torch.randn(5000, 64) * 0.1
+    hidden = torch.randn(40, 64, requires_grad=True)
+    targets = torch.randint(0, 5000, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = torch.nn.functional.linear(hidden, weight)
+        fused = fastpath.head_cross_entropy(hidden, weight, targets)
+    expected = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+    (g_expected,) = torch.autograd.grad(expected, hidden)
+    (grad,) = torch.autograd.grad(fused, hidden)
+    # Both run the head matmul in bf16 and the softmax in fp32. Stated tolerance: 1e-4 relative on
+    # the loss; the gradient within bf16 rounding (2e-2 relative to its largest element).
+    assert fused.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert (grad - g_expected).abs().max() <= 2e-2 * g_expected.abs().max()
+
+
+def test_fused_head_needs_a_frozen_bias_free_linear_head(tiny_cfg):
+    model = load_model(tiny_cfg.model).requires_grad_(False)  # frozen, as under LoRA
+    assert fastpath.fusable_head(model)[1] == 30.0  # the tiny model's final-logit softcap
+    model.get_output_embeddings().weight.requires_grad_(True)
+    assert fastpath.fusable_head(model) is None
+    with pytest.raises(ValueError, match="frozen"):
+        fastpath.head_cross_entropy(torch.zeros(2, 4), torch.zeros(8, 4, requires_grad=True), torch.zeros(2).long())

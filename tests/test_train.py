@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from convsum import train
+from convsum import fastpath, train
 from convsum.errors import ConvsumError
 from convsum.modeling import add_lora, load_model, load_tokenizer
 from convsum.prompt import collate
@@ -18,28 +18,31 @@ def _batch(cfg, n=6):
 
 
 def test_summary_only_loss_and_gradients_equal_the_standard_path(tiny_cfg):
-    """The fast path (LM head on labelled positions only) must give the standard full-logits loss."""
+    """The fast paths (LM head on labelled positions only; then fused with the cross-entropy) must give
+    the standard full-logits loss. The tiny model has a final-logit softcap, so that is covered too."""
     batch, _ = _batch(tiny_cfg)
     torch.manual_seed(0)
     model = add_lora(load_model(tiny_cfg.model), tiny_cfg.lora)
     for p in model.parameters():  # non-zero LoRA B so gradients flow through both factors
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.05)
+    assert fastpath.fusable_head(model)[1] == 30.0  # the PEFT-wrapped model's head qualifies for fusing
     results = []
-    for fast in (False, True):
+    for summary_only, fused in ((False, False), (True, False), (True, True)):
         model.zero_grad()
         trainer = train.SummaryTrainer(model=model, args=train.training_arguments(tiny_cfg, tiny_cfg.train.output_dir and
                                        __import__("pathlib").Path(tiny_cfg.train.output_dir), False, False),
-                                       summary_only_logits=fast)
+                                       summary_only_logits=summary_only, fused_loss=fused)
         n_items = (batch["labels"][:, 1:] != -100).sum()
         loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=n_items)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         results.append((loss.item(), grads))
-    (l_std, g_std), (l_fast, g_fast) = results
-    assert l_fast == pytest.approx(l_std, rel=1e-5, abs=1e-6)  # stated tolerance: 1e-5 relative
-    for name in g_std:
-        torch.testing.assert_close(g_fast[name], g_std[name], rtol=1e-4, atol=1e-6)
+    l_std, g_std = results[0]
+    for l_fast, g_fast in results[1:]:
+        assert l_fast == pytest.approx(l_std, rel=1e-5, abs=1e-6)  # stated tolerance: 1e-5 relative
+        for name in g_std:
+            torch.testing.assert_close(g_fast[name], g_std[name], rtol=1e-4, atol=1e-6)
 
 
 def test_left_padding_does_not_change_the_loss(tiny_cfg):

@@ -94,6 +94,8 @@ class TrainConfig:
                    "optimizer state stay fp32.")
     summary_only_logits: bool = _f(True, "Compute the LM head only where labels are set (the summary): same loss, "
                                    "much less work with large vocabularies.")
+    fused_loss: bool = _f(True, "With summary_only_logits and a frozen head: the head and cross-entropy fused, a "
+                          "vocabulary slice at a time, so the [tokens x vocab] logits never exist (fastpath.py).")
     cpu_fast_path: bool = _f(True, "On CPU with bf16: frozen weights stored in bf16 once and a cheaper LoRA "
                              "dropout (convsum/fastpath.py); false keeps PEFT's stock modules.")
     group_by_length: bool = _f(True, "Batch examples of similar length together to cut padding.")

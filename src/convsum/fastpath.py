@@ -1,7 +1,16 @@
-"""The CPU training fast path: two small pieces of the LoRA step that convsum owns.
+"""The training fast path: small pieces of the LoRA step that convsum owns, each tested against
+the stock path (tests/test_fastpath.py) and measured (bench/train_throughput.py).
 
-Profiling a bf16-autocast LoRA step of Gemma 3 270M on 2 CPU cores (bench/RESULTS.md) showed a
-third of the time outside the matmuls, in two places this module removes:
+Profiling a bf16-autocast LoRA step of Gemma 3 270M on 2 CPU cores (bench/RESULTS.md) showed
+most of the time outside the useful matmuls, in three places this module removes:
+
+- The LM head + cross-entropy. Even on the summary positions only, the stock loss materialises
+  [tokens x 262k] logits several times over (the head's output, its fp32 copy, log-softmax, and
+  in backward a zero-filled gradient, the log-softmax gradient and its bf16 copy): memory-bound
+  passes that cost more than the head's matmuls. `head_cross_entropy` walks the vocabulary in
+  slices with an online log-sum-exp (as flash attention does for the softmax) and accumulates
+  the hidden-state gradient in the same pass, so the weight is read once and no [tokens x vocab]
+  tensor exists. The head must be frozen (it is under LoRA); the gradient is computed in forward.
 
 - Casting frozen weights. Autocast re-casts every fp32 weight to bf16 on every forward (its cast
   cache only keeps trainable leaves), i.e. ~1.6 GB of memory traffic per micro-batch for the body
@@ -13,7 +22,8 @@ third of the time outside the matmuls, in two places this module removes:
   (16-bit resolution, so p is exact to 1/65536) and masks with one `where`: same distribution,
   same seeding (the default torch generator, saved and restored with checkpoints), ~3x cheaper.
 
-Both are applied only for CPU training; on GPUs the stock kernels are already fast.
+The weight cast and the dropout are applied only for CPU training; on GPUs the stock kernels are
+already fast. The fused head loss is used on every device.
 """
 
 from __future__ import annotations
@@ -77,3 +87,69 @@ def cast_frozen_linears(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -
             module.bias.data = module.bias.data.to(dtype)
         cast += 1
     return cast
+
+
+class _HeadCrossEntropy(torch.autograd.Function):
+    """sum over rows of cross_entropy(softcap(h @ W.T), target); W frozen."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, softcap, chunk, compute_dtype):
+        n = h.shape[0]
+        hc = h.detach().to(compute_dtype)
+        m = torch.full((n,), -float("inf"), device=h.device)  # running max of the logits
+        s = torch.zeros(n, device=h.device)  # running sum of exp(logit - m)
+        acc = torch.zeros(n, weight.shape[1], device=h.device)  # running sum of softmax-weighted rows of W
+        target_logit, target_slope = torch.zeros(n, device=h.device), torch.ones(n, device=h.device)
+        rows = torch.arange(n, device=h.device)
+        for start in range(0, weight.shape[0], chunk):
+            w = weight[start:start + chunk].to(compute_dtype)
+            logits = (hc @ w.T).float()
+            slope = None
+            if softcap is not None:  # logits = cap * tanh(raw / cap); d logits / d raw = 1 - tanh^2
+                logits = torch.tanh(logits / softcap)
+                slope = 1 - logits * logits
+                logits = logits * softcap
+            hit = (targets >= start) & (targets < start + logits.shape[1])
+            if hit.any():
+                target_logit[hit] = logits[rows[hit], targets[hit] - start]
+                if slope is not None:
+                    target_slope[hit] = slope[rows[hit], targets[hit] - start]
+            m_new = torch.maximum(m, logits.amax(1))
+            rescale = torch.exp(m - m_new)
+            p = logits.sub_(m_new[:, None]).exp_()
+            s = s * rescale + p.sum(1)
+            if slope is not None:
+                p = p * slope
+            acc.mul_(rescale[:, None]).add_((p.to(compute_dtype) @ w).float())
+            m = m_new
+        loss = (m + s.log() - target_logit).sum()
+        w_target = weight[targets].to(compute_dtype).float()
+        ctx.save_for_backward((acc / s[:, None] - target_slope[:, None] * w_target).to(h.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad_h,) = ctx.saved_tensors
+        return grad_h * grad_loss, None, None, None, None, None
+
+
+def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                       softcap: float | None = None, chunk: int = 4096) -> torch.Tensor:
+    """Summed cross-entropy of the logits `softcap(hidden @ weight.T)` against `targets`, without
+    materialising the logits. Under autocast the matmuls run in the autocast dtype, as the stock
+    head would; the softmax is always fp32."""
+    if weight.requires_grad:
+        raise ValueError("head_cross_entropy needs a frozen head weight")
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    with torch.autocast(device_type=device, enabled=False):
+        return _HeadCrossEntropy.apply(hidden, weight, targets, softcap, chunk, dtype)
+
+
+def fusable_head(model: nn.Module):
+    """(weight, final-logit softcap) of a causal LM whose head is a frozen bias-free Linear, else None."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, nn.Linear) or head.bias is not None or head.weight.requires_grad:
+        return None
+    config = getattr(model, "config", None)
+    return head.weight, getattr(config, "final_logit_softcapping", None)

@@ -2,7 +2,8 @@
 
 We configure the stock Trainer and own only two small pieces, each tested:
 - the loss runs the LM head on the summary positions only (Gemma's 262k-token head is most of the
-  FLOPs; computing it on prompt tokens whose labels are masked is pure waste), and
+  FLOPs; computing it on prompt tokens whose labels are masked is pure waste), fused with the
+  cross-entropy so the [tokens x vocab] logits never exist (fastpath.py), and
 - checkpoints are written to a staging folder and renamed into place, so a kill while saving never
   leaves a corrupt latest checkpoint.
 
@@ -39,9 +40,9 @@ from convsum.rundir import write_model_info
 
 
 class SummaryTrainer(Trainer):
-    def __init__(self, *args, summary_only_logits: bool = True, **kwargs):
+    def __init__(self, *args, summary_only_logits: bool = True, fused_loss: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.summary_only_logits = summary_only_logits
+        self.summary_only_logits, self.fused_loss = summary_only_logits, fused_loss
         self.tokens_seen = 0  # non-padding tokens through forward in training, this process
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -53,12 +54,23 @@ class SummaryTrainer(Trainer):
         # Batches are left-padded (prompt.collate), so each row's labelled tokens are its last ones and
         # `logits_to_keep` (a standard HF forward argument) limits the head to the last k+1 positions.
         k = int((labels != IGNORE_INDEX).sum(1).max())
-        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                    position_ids=inputs.get("position_ids"), logits_to_keep=k + 1)
-        logits = out.logits[:, :-1].float()  # position p predicts token p+1
         targets = labels[:, -k:]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                               ignore_index=IGNORE_INDEX, reduction="sum")
+        head = fastpath.fusable_head(self.accelerator.unwrap_model(model)) if self.fused_loss else None
+        forward = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                       position_ids=inputs.get("position_ids"))
+        if head is not None:
+            # The model's own head runs on one position only; the loss takes the final hidden states
+            # and applies the head and cross-entropy fused (fastpath.head_cross_entropy). Going through
+            # the model's forward keeps DDP's gradient hooks working.
+            out = model(**forward, logits_to_keep=1, output_hidden_states=True)
+            hidden = out.hidden_states[-1][:, -k - 1:-1]  # position p predicts token p+1
+            keep = targets != IGNORE_INDEX
+            loss = fastpath.head_cross_entropy(hidden[keep], head[0], targets[keep], softcap=head[1])
+        else:
+            out = model(**forward, logits_to_keep=k + 1)
+            logits = out.logits[:, :-1].float()  # position p predicts token p+1
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                   ignore_index=IGNORE_INDEX, reduction="sum")
         # Same normalisation as the model's own loss: by the label count of the whole accumulated
         # batch (all processes) when the Trainer provides it, so gradient accumulation is exact.
         if num_items_in_batch is not None:
@@ -257,7 +269,7 @@ def build_trainer(cfg: Config, model, tokenizer, train_ex: list[dict], val_ex: l
         eval_dataset=Dataset.from_list(val_ex) if val_ex else None,
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
         callbacks=[RunLog(log_path, ref, world_size), stopper, ReleaseMemory()],
-        summary_only_logits=cfg.train.summary_only_logits,
+        summary_only_logits=cfg.train.summary_only_logits, fused_loss=cfg.train.fused_loss,
     )
     ref.append(trainer)
     trainer.remove_callback(ProgressCallback)
