@@ -1,6 +1,7 @@
 """The CPU training fast path (convsum/fastpath.py): the same loss as the stock modules, or the same
 dropout distribution."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,14 @@ def test_fused_head_needs_a_frozen_bias_free_linear_head(tiny_cfg):
     assert fastpath.fusable_head(model) is None
     with pytest.raises(ValueError, match="frozen"):
         fastpath.head_cross_entropy(torch.zeros(2, 4), torch.zeros(8, 4, requires_grad=True), torch.zeros(2).long())
+
+
+def test_onednn_kernel_cache_is_capped_unless_the_user_chose(monkeypatch):
+    from convsum.modeling import limit_kernel_cache
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    limit_kernel_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
+    limit_kernel_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "8"

@@ -244,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _quiet_libraries()
+        from convsum.modeling import limit_kernel_cache
+
+        limit_kernel_cache()
         code = args.func(args)
     except ConvsumError as e:
         print(f"convsum: error: {e}", file=sys.stderr)

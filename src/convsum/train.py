@@ -34,7 +34,7 @@ from convsum import fastpath
 from convsum.config import Config, save_config
 from convsum.errors import ConvsumError
 from convsum.io import atomic_dir, atomic_write_json
-from convsum.modeling import add_lora, load_model, load_tokenizer, resolve, trainable_parameters
+from convsum.modeling import add_lora, limit_kernel_cache, load_model, load_tokenizer, resolve, trainable_parameters
 from convsum.prompt import IGNORE_INDEX, PromptFormatter, collate
 from convsum.rundir import write_model_info
 
@@ -201,6 +201,8 @@ class ReleaseMemory(TrainerCallback):
         if self.trim is not None and not torch.cuda.is_available():
             self.trim(0)
 
+    on_evaluate = on_step_end  # held-out batches fragment the heap the same way
+
 
 def bf16_enabled(setting: str) -> bool:
     if setting != "auto":
@@ -280,6 +282,7 @@ def build_trainer(cfg: Config, model, tokenizer, train_ex: list[dict], val_ex: l
 def main(cfg: Config, resume: bool = False) -> dict:
     from accelerate import PartialState
 
+    limit_kernel_cache()
     state = PartialState()
     run_dir = Path(cfg.train.output_dir)
     ckpt_dir = run_dir / "checkpoints"
