@@ -254,7 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("convsum: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_process_group()
     return code or 0
+
+
+def _close_process_group() -> None:
+    # Under torchrun, exiting with the gloo group still open can abort a rank at teardown
+    # ("terminate called without an active exception"); close it once the command is done.
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
