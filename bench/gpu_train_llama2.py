@@ -110,10 +110,12 @@ def run(which: str, args) -> dict:
                                  "train.save_steps": 10_000, "train.bf16": "true" if bf16 else "false",
                                  "train.output_dir": out, "train.group_by_length": False})
         model = add_lora(model, cfg.lora)
-        targs = train.training_arguments(cfg, Path(out) / "ck", False, bf16)
+        from convsum.rundir import RunDir
+
+        targs = train.training_arguments(cfg, RunDir(out).checkpoints, False, bf16)
         targs.disable_tqdm = True
         trainer, _ = train.build_trainer(cfg, model, None, [{k: r[k] for k in ("input_ids", "labels", "length")} for r in rows],
-                                         [], targs, Path(out) / "log.jsonl")
+                                         [], targs, RunDir(out).log)
         trainer.data_collator = lambda b: __import__("convsum.prompt", fromlist=["collate"]).collate(b, 0)
     trainer.add_callback(timer.callback())
     if torch.cuda.is_available():

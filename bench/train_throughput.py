@@ -95,16 +95,18 @@ def _cfg(overrides: dict, args, out: str):
 
 def run_convsum(overrides: dict, args, out: str, trim: bool = True) -> tuple:
     from convsum import train
-    from convsum.modeling import add_lora, load_model, load_tokenizer
+    from convsum.modeling import add_lora, bf16_enabled, load_model, load_tokenizer
+    from convsum.rundir import RunDir
 
     cfg = _cfg(overrides, args, out)
     tok = load_tokenizer(cfg.model)
     _, train_ex, _, _ = train.prepare_examples(cfg, tok)
     torch.manual_seed(cfg.train.seed)
     model = add_lora(load_model(cfg.model, for_training=True), cfg.lora)
-    targs = train.training_arguments(cfg, Path(out) / "checkpoints", False, train.bf16_enabled(cfg.train.bf16))
+    run = RunDir(out)
+    targs = train.training_arguments(cfg, run.checkpoints, False, bf16_enabled(cfg.train.bf16))
     targs.disable_tqdm = True
-    trainer, _ = train.build_trainer(cfg, model, tok, train_ex, [], targs, Path(out) / "log.jsonl")
+    trainer, _ = train.build_trainer(cfg, model, tok, train_ex, [], targs, run.log)
     if not trim:
         trainer.remove_callback(train.ReleaseMemory)
     timer = StepTimer(trainer.data_collator)
@@ -124,15 +126,10 @@ def run_trl(args, out: str) -> tuple:
     cfg = _cfg({}, args, out)
     tok = load_tokenizer(cfg.model)
     tok.padding_side = "right"  # what a user of TRL would have
-    from convsum.data import training_split
+    from convsum.data import train_and_held_out
 
-    _, records = training_split(cfg.data)
-    import random
-
-    order = list(range(len(records)))
-    random.Random(cfg.train.seed).shuffle(order)  # the same examples convsum.prepare_examples picks
-    rows = [{"prompt": cfg.prompt.template.format(dialogue=records[i].dialogue), "completion": records[i].summary}
-            for i in order[: cfg.data.max_train_examples]]
+    _, records, _ = train_and_held_out(cfg)  # the same examples convsum.prepare_examples picks
+    rows = [{"prompt": cfg.prompt.template.format(dialogue=r.dialogue), "completion": r.summary} for r in records]
     model = load_model(cfg.model)
     sft = SFTConfig(output_dir=out, per_device_train_batch_size=8, learning_rate=2e-4, max_steps=args.warmup + args.steps,
                     logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,

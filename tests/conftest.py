@@ -85,12 +85,6 @@ def tiny_cfg(tiny_model_dir, data_dir, tmp_path):
     })
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if "slow" in item.keywords:
-            continue
-
-
 @pytest.fixture
 def shared_data() -> Path:
     if not (SHARED_DATA / "dialogsum.test.jsonl").is_file():

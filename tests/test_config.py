@@ -47,7 +47,9 @@ def test_precedence_default_yaml_cli(tmp_path):
     ("train:\n  batch_size: [1\n", "c.yaml:"),
     ("train:\n  bogus: 1\n", "unknown field 'train.bogus'"),
     ("nosuch:\n  a: 1\n", "unknown config section 'nosuch'"),
-    ("train:\n  batch_size: many\n", "train.batch_size: expected an integer"),
+    ("train:\n  batch_size: many\n", "train.batch_size: input should be a valid integer"),
+    ("train:\n  bf16: maybe\n", "train.bf16: input should be 'auto', 'true' or 'false'"),
+    ("train:\n  lr_scheduler: cosin\n", "train.lr_scheduler: input should be 'cosine'"),
     ("lora:\n  dropout: 1.5\n", "lora.dropout"),
     ("prompt:\n  template: no placeholder\n", "{dialogue}"),
     ("- a\n- b\n", "expected a mapping"),
@@ -58,6 +60,23 @@ def test_bad_config_is_one_clear_error(tmp_path, text, needle):
     with pytest.raises(ConvsumError) as e:
         load_config(y)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_yaml_and_cli_spellings_are_accepted(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("train:\n  learning_rate: 1e-4\n  bf16: true\n  report_to: tensorboard\ndata:\n  val_size: null\n")
+    cfg = load_config(y, {"lora.target_modules": "q_proj,v_proj", "data.max_train_examples": "none"})
+    assert cfg.train.learning_rate == 1e-4 and cfg.train.bf16 == "true" and cfg.train.report_to == ["tensorboard"]
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.data.val_size is None
+    assert cfg.data.max_train_examples is None
+
+
+def test_preset_sits_between_defaults_and_yaml(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("train:\n  epochs: 5\n")
+    cfg = load_config(y, {"train.learning_rate": "1e-3"}, preset={"train.epochs": 3, "train.learning_rate": 4e-4,
+                                                                   "lora.r": 4})
+    assert (cfg.train.epochs, cfg.train.learning_rate, cfg.lora.r) == (5.0, 1e-3, 4)
 
 
 def test_cli_flag_type_error_names_the_flag():

@@ -20,7 +20,7 @@ def test_grid_expansion_names_and_types(tiny_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("text,needle", [("lora.r: 4\n", "non-empty list"), ("lora.bogus: [1]\n", "unknown field"),
-                                         ("lora.r: [a]\n", "expected an integer"), ("[]\n", "mapping")])
+                                         ("lora.r: [a]\n", "lora.r: input should be a valid integer"), ("[]\n", "mapping")])
 def test_bad_grid_is_a_clear_error(tiny_cfg, tmp_path, text, needle):
     g = tmp_path / "g.yaml"
     g.write_text(text)

@@ -1,4 +1,4 @@
-"""The walkthrough notebook executes top to bottom on the bundled model (small settings, a few minutes)."""
+"""The walkthrough notebook executes top to bottom on the bundled model (small settings, minutes: marked slow)."""
 
 from pathlib import Path
 
@@ -14,6 +14,7 @@ def test_committed_notebook_has_no_outputs():
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
 
 
+@pytest.mark.slow  # the real bundled Gemma, several minutes on 2 cores
 def test_walkthrough_executes():
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

@@ -178,3 +178,26 @@ def test_eos_is_learned_and_generation_stops_by_itself(tiny_cfg):
         target = [t for t in ex["labels"] if t != -100]
         assert out + [s.tokenizer.eos_token_id] == target  # stopped right after the summary
         assert len(out) < tiny_cfg.generate.max_new_tokens
+
+
+def test_tokens_per_second_counts_every_real_training_token(tiny_cfg, monkeypatch):
+    """The Trainer's own count (include_num_input_tokens_seen="non_padding") is what the run reports:
+    the non-padding tokens of every training batch, none of the held-out evaluation batches."""
+    from convsum import prompt
+
+    seen = []
+
+    def counting_collate(batch, pad_id):
+        out = prompt.collate(batch, pad_id)
+        seen.append(int(out["attention_mask"].sum()))
+        return out
+
+    monkeypatch.setattr(train, "collate", counting_collate)
+    tiny_cfg.train.eval_steps = 0  # evaluation batches go through the collator too; keep them out
+    tiny_cfg.data.val_size = 0
+    summary = train.main(tiny_cfg)
+    assert len(seen) == tiny_cfg.train.max_steps * tiny_cfg.train.grad_accum
+    assert summary["tokens_this_session"] == sum(seen)
+    from convsum.rundir import RunDir
+
+    assert all(r["tokens_per_s"] > 0 for r in RunDir(tiny_cfg.train.output_dir).read_log() if "loss" in r)

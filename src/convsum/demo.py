@@ -21,6 +21,7 @@ from convsum.config import Config, load_config
 from convsum.data import load_split, read_records
 from convsum.errors import ConvsumError
 from convsum.io import atomic_write_jsonl
+from convsum.rundir import HELD_OUT, RunDir
 
 SAMPLE = "dialogues.jsonl"
 N_HELD_OUT = 24
@@ -61,43 +62,40 @@ def _prepare_data(cfg: Config, data: str | None, folder: Path) -> tuple[str, lis
 
 def main(cfg: Config | None = None, data: str | None = None, output: str = "runs/demo") -> dict:
     t0 = time.perf_counter()
-    cfg = cfg or load_config(None, DEMO_OVERRIDES)
+    cfg = cfg or load_config(preset=DEMO_OVERRIDES)
     out = Path(output)
-    run_dir = out / "run"
-    resume = (run_dir / "run.json").is_file() and not (run_dir / "train_summary.json").is_file()
+    run = RunDir(out / "run")
+    resume = run.is_run() and not run.is_finished()
     if not resume and out.exists():
         shutil.rmtree(out)  # a finished demo is simply redone; an interrupted one resumes below
     (out / "data").mkdir(parents=True, exist_ok=True)
     cfg.data.source, held_out = _prepare_data(cfg, data, out / "data")
-    cfg.train.output_dir = str(run_dir)
+    cfg.train.output_dir = str(run.path)
     print(f"convsum demo: model {cfg.model.name}, {len(held_out)} held-out dialogues, data {cfg.data.source}")
 
     from convsum.generate import load_summarizer
 
     print("\n[1/3] base model on the held-out dialogues")
-    base = evaluate.evaluate_model(load_summarizer(None, cfg), held_out, out / "eval-base", "held-out")
+    base_eval, tuned_eval = run.eval_dir(HELD_OUT, base=True), run.eval_dir(HELD_OUT)
+    base = evaluate.evaluate_model(load_summarizer(None, cfg), held_out, base_eval, HELD_OUT)
     print(f"\n[2/3] LoRA fine-tuning{' (resuming)' if resume else ''}")
     summary = train.main(cfg, resume=resume)
     if summary.get("interrupted"):
         return summary
     print("\n[3/3] fine-tuned model on the same dialogues")
-    tuned = evaluate.evaluate_model(load_summarizer(str(run_dir), cfg), held_out, out / "eval-tuned", "held-out")
+    tuned = evaluate.evaluate_model(load_summarizer(str(run.path), cfg), held_out, tuned_eval, HELD_OUT)
 
     results = {"base": base, "fine-tuned": tuned}
     print("\nROUGE F1 (%) on", len(held_out), "held-out dialogues")
-    print(metrics.format_table(results, refs=evaluate._table_refs(results)))
-    _print_examples(out)
+    print(metrics.format_table(results, refs=metrics.table_refs(results)))
+    _print_examples(base_eval.read_predictions(), tuned_eval.read_predictions())
     minutes = (time.perf_counter() - t0) / 60
-    print(f"\nconvsum demo: done in {minutes:.1f} min. Run folder: {run_dir} "
-          f"(adapter, config, log.jsonl); predictions in {out}/eval-*/")
+    print(f"\nconvsum demo: done in {minutes:.1f} min. Run folder: {run.path} (adapter, config, log, "
+          f"predictions in {tuned_eval.path.name}/ and {base_eval.path.name}/)")
     return {"base": base, "fine-tuned": tuned, "train": summary, "minutes": round(minutes, 2)}
 
 
-def _print_examples(out: Path, n: int = 3) -> None:
-    import json
-
-    base = [json.loads(x) for x in (out / "eval-base" / "predictions.jsonl").read_text().splitlines()]
-    tuned = [json.loads(x) for x in (out / "eval-tuned" / "predictions.jsonl").read_text().splitlines()]
+def _print_examples(base: list[dict], tuned: list[dict], n: int = 3) -> None:
     wrap = lambda s: textwrap.fill(s, 100, initial_indent="    ", subsequent_indent="    ")  # noqa: E731
     for b, t in list(zip(base, tuned))[:n]:
         print(f"\n--- {b['fname']} ---")

@@ -3,9 +3,10 @@
     convsum evaluate runs/r1 --data ../shared/data/dialogsum --split test       # fine-tuned
     convsum evaluate runs/r1 --compare-base --split test --limit 100             # base vs fine-tuned
     convsum evaluate --base --data ../shared/data/dialogsum --split test         # base model only
-    convsum score runs/r1/eval-test/predictions.jsonl --data ../shared/data/dialogsum --split test --json
+    convsum score PREDICTIONS.jsonl --data ../shared/data/dialogsum --split test --json
 
-Each evaluation writes predictions.jsonl (fname, dialogue, prediction, references) and metrics.json.
+Each evaluation writes its predictions (fname, dialogue, prediction, references) and metrics into an
+eval folder of the run (rundir.RunDir.eval_dir).
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from convsum.config import Config
 from convsum.data import Record, canonical_split, load_split
 from convsum.errors import ConvsumError
 from convsum.io import atomic_write_json, atomic_write_jsonl, jsonl_objects, read_utf8
+from convsum.rundir import EvalDir, RunDir
 
 
-def default_output(target: str | None, cfg: Config, split: str, limit: int | None, base: bool) -> Path:
-    suffix = f"eval-{split}" + (f"-first{limit}" if limit else "") + ("-base" if base else "")
-    if target and Path(target).is_dir():
-        return Path(target) / suffix
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", target or cfg.model.name)
-    return Path("runs") / f"base-{slug}" / suffix
+def default_output(target: str | None, cfg: Config, split: str, limit: int | None, base: bool) -> EvalDir:
+    """Inside the run or model folder when there is one, else runs/base-<model>/."""
+    folder = Path(target) if target and Path(target).is_dir() else \
+        Path("runs") / f"base-{re.sub(r'[^A-Za-z0-9._-]+', '_', target or cfg.model.name)}"
+    return RunDir(folder).eval_dir(split, limit, base)
 
 
 def generate_sharded(summarizer, dialogues: list[str], desc: str) -> list[str]:
@@ -48,53 +49,33 @@ def generate_sharded(summarizer, dialogues: list[str], desc: str) -> list[str]:
     return out
 
 
-def evaluate_model(summarizer, records: list[Record], out_dir: Path, split: str, engine: str = "transformers") -> dict:
+def evaluate_model(summarizer, records: list[Record], out: EvalDir | Path, split: str) -> dict:
+    """Generate for `records`, score, and write the predictions and metrics into `out`."""
     from accelerate import PartialState
 
+    out = out if isinstance(out, EvalDir) else EvalDir(Path(out), split)
     t0 = time.perf_counter()
-    dialogues = [r.dialogue for r in records]
-    if engine == "vllm":
-        preds = generate_vllm(summarizer, dialogues)
-    else:
-        preds = generate_sharded(summarizer, dialogues, f"{summarizer.name} on {split}")
+    preds = generate_sharded(summarizer, [r.dialogue for r in records], f"{summarizer.name} on {split}")
     elapsed = time.perf_counter() - t0
     if not PartialState().is_main_process:
         return {}
     result = metrics.score_pairs(preds, [r.references for r in records], records[0].reference_names)
     result.update(model=summarizer.name, **summarizer.info, split=split, time_s=round(elapsed, 1),
                   dialogues_per_min=round(60 * len(records) / elapsed, 1) if elapsed > 0 else None,
-                  generate={"max_new_tokens": summarizer.gen.max_new_tokens, "num_beams": summarizer.gen.num_beams,
-                            "max_input_tokens": summarizer.gen.max_input_tokens},
+                  truncated_dialogues=summarizer.truncated, generate=summarizer.gen.settings(),
                   prompt_template=summarizer.template)
-    atomic_write_jsonl(out_dir / "predictions.jsonl", (
+    atomic_write_jsonl(out.predictions, (
         {"fname": r.id, "dialogue": r.dialogue, "prediction": p, "references": dict(zip(r.reference_names, r.references))}
         for r, p in zip(records, preds)))
-    atomic_write_json(out_dir / "metrics.json", result)
+    atomic_write_json(out.metrics, result)
     return result
 
 
-def generate_vllm(summarizer, dialogues: list[str]) -> list[str]:
-    """Optional engine: vLLM with the adapter through its LoRA support (Linux + CUDA; not testable on CPU)."""
-    try:
-        from vllm import LLM, SamplingParams
-        from vllm.inputs import TokensPrompt
-        from vllm.lora.request import LoRARequest
-    except ImportError:
-        raise ConvsumError("--engine vllm needs vLLM (pip install vllm; Linux with a CUDA GPU)") from None
-    adapter = summarizer.info.get("adapter")
-    base = summarizer.info.get("base_path") or summarizer.info["base_model"]
-    llm = LLM(model=base, enable_lora=adapter is not None, max_lora_rank=64, dtype="bfloat16")
-    params = SamplingParams(temperature=0.0, max_tokens=summarizer.gen.max_new_tokens)
-    prompts = [TokensPrompt(prompt_token_ids=summarizer.encode(d)) for d in dialogues]  # the exact convsum prompt
-    lora = LoRARequest("convsum", 1, adapter) if adapter else None
-    return [o.outputs[0].text.strip() for o in llm.generate(prompts, params, lora_request=lora)]
-
-
 def main(cfg: Config, target: str | None = None, base: bool = False, split: str = "test", limit: int | None = None,
-         output: str | None = None, compare_base: bool = False, engine: str = "transformers") -> dict[str, dict]:
+         output: str | None = None, compare_base: bool = False) -> dict[str, dict]:
     from accelerate import PartialState
 
-    from convsum.generate import load_summarizer
+    from convsum.generate import load_summarizer, report_truncated
 
     if target is None and not base:
         raise ConvsumError("give a RUN_DIR (or a merged model folder / model id) to evaluate, or --base")
@@ -103,6 +84,9 @@ def main(cfg: Config, target: str | None = None, base: bool = False, split: str 
     if limit is not None:
         if limit < 1:
             raise ConvsumError("--limit: must be a positive number")
+        if limit >= len(records):
+            print(f"convsum: --limit {limit}: the {split} split has {len(records)} dialogues; evaluating all of them")
+            limit = None
         records = records[:limit]
     runs = []
     if base or compare_base:
@@ -112,26 +96,21 @@ def main(cfg: Config, target: str | None = None, base: bool = False, split: str 
     results = {}
     for label, as_base in runs:
         if output:
-            out_dir = Path(output) / label if len(runs) > 1 else Path(output)
+            out_dir = EvalDir(Path(output) / label if len(runs) > 1 else Path(output), split, limit, as_base)
         else:
             out_dir = default_output(target, cfg, split, limit, as_base)
-        summarizer = load_summarizer(target, cfg, base=as_base, merge=engine != "vllm")
-        results[label] = evaluate_model(summarizer, records, out_dir, split, engine)
+        summarizer = load_summarizer(target, cfg, base=as_base)
+        results[label] = evaluate_model(summarizer, records, out_dir, split)
         if not PartialState().is_main_process:
             continue
+        report_truncated(summarizer, len(records))
         print(f"convsum: {label}: {len(records)} dialogues in {results[label]['time_s']:.0f} s; "
-              f"wrote {out_dir / 'predictions.jsonl'} and metrics.json")
+              f"wrote {out_dir.predictions} and {out_dir.metrics.name}")
         del summarizer
     if PartialState().is_main_process:
         print()
-        print(metrics.format_table(results, refs=_table_refs(results)))
+        print(metrics.format_table(results, refs=metrics.table_refs(results)))
     return results
-
-
-def _table_refs(results: dict) -> tuple[str, ...]:
-    first = next(iter(results.values()))
-    names = list(first["per_reference"])
-    return (names[0], "mean", "best") if len(names) > 1 else (names[0],)
 
 
 def read_predictions(path: Path, records: list[Record]) -> list[str]:
@@ -172,5 +151,5 @@ def score_main(cfg: Config, predictions: str, split: str = "test", as_json: bool
     if as_json:
         print(json.dumps({k: result[k] for k in ("n", "per_reference", "mean", "best")}))
     else:
-        print(metrics.format_table({Path(predictions).name: result}, refs=_table_refs({"x": result})))
+        print(metrics.format_table({Path(predictions).name: result}, refs=metrics.table_refs({"x": result})))
     return result

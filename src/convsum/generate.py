@@ -10,19 +10,20 @@ on padding; results come back in input order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from convsum.config import Config, GenerateConfig
+from convsum.config import Config, GenerateConfig, ModelConfig
 from convsum.errors import ConvsumError
-from convsum.modeling import load_model, load_tokenizer
-from convsum.prompt import PromptFormatter, left_pad, position_ids
-from convsum.rundir import is_convsum_model, is_run, read_model_info, read_run
+from convsum.modeling import bf16_enabled, load_model, load_tokenizer, resolve
+from convsum.prompt import PromptFormatter, left_pad
+from convsum.rundir import RunDir, is_convsum_model, is_run, read_model_info
 
 
 @dataclass
@@ -37,9 +38,13 @@ class Summarizer:
     def __post_init__(self):
         self.fmt = PromptFormatter(self.tokenizer, self.template)
         self.model.eval()
+        self.model.generation_config = self.gen.generation_config(self.tokenizer)
+        self.truncated = 0  # prompts whose dialogue was cut to fit generate.max_input_tokens
 
     def encode(self, dialogue: str) -> list[int]:
-        return self.fmt.prompt_ids(dialogue, self.gen.max_input_tokens)[0]
+        ids, truncated = self.fmt.prompt_ids(dialogue, self.gen.max_input_tokens)
+        self.truncated += truncated
+        return ids
 
     @torch.inference_mode()
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int | None = None,
@@ -47,12 +52,10 @@ class Summarizer:
         """One padded batch through `model.generate`; returns the new token ids of each row, EOS removed."""
         ids, mask = left_pad(prompts, self.tokenizer.pad_token_id)
         device = next(self.model.parameters()).device
+        config = self.gen.generation_config(self.tokenizer, max_new_tokens=max_new_tokens, num_beams=num_beams)
         with self._autocast(device):
-            out = self.model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device),
-                max_new_tokens=max_new_tokens or self.gen.max_new_tokens, num_beams=num_beams or self.gen.num_beams,
-                do_sample=False, top_p=None, top_k=None, temperature=None,
-                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+            out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                      generation_config=config)
         result = []
         for row in out[:, ids.shape[1]:].tolist():
             if self.tokenizer.eos_token_id in row:
@@ -61,12 +64,7 @@ class Summarizer:
         return result
 
     def _autocast(self, device):
-        import contextlib
-
-        from convsum.train import bf16_enabled
-
-        if self.gen.bf16 == "false" or next(self.model.parameters()).dtype != torch.float32 \
-                or not bf16_enabled(self.gen.bf16):
+        if next(self.model.parameters()).dtype != torch.float32 or not bf16_enabled(self.gen.bf16):
             return contextlib.nullcontext()
         # bf16 matmuls (2.3x the fp32 FLOP rate on AVX512-BF16 CPUs) with fp32 weights kept as they are.
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -88,62 +86,60 @@ class Summarizer:
         return out
 
 
-def load_summarizer(target: str | None, cfg: Config, base: bool = False, merge: bool = True) -> Summarizer:
-    """target: a run folder, a merged/adapter folder written by convsum, a model id/folder, or None (cfg.model).
-    base=True loads the target's base model without the adapter, with the same prompt template."""
-    from convsum.config import ModelConfig
+@dataclass
+class ModelSpec:
+    """What a summarize/evaluate/serve target names, resolved without loading any weights."""
 
-    template, model_cfg, adapter, info = cfg.prompt.template, cfg.model, None, {}
+    model: ModelConfig  # the weights to load: a base model or a merged folder
+    template: str
+    adapter: Path | None  # a LoRA adapter to fold into `model`, if any
+    name: str  # "fine-tuned" or "base"
+    info: dict
+
+
+def resolve_target(target: str | None, cfg: Config, base: bool = False) -> ModelSpec:
+    """target: a run folder, a merged/adapter folder written by convsum, a model id/folder, or None (cfg.model).
+    base=True means the target's base model without the adapter, with the same prompt template."""
     if target and is_run(target):
-        run_cfg, run = read_run(target)
-        template, model_cfg = run["prompt_template"], run_cfg.model
-        adapter = Path(target) / "adapter"
-        if not base and not (adapter / "adapter_model.safetensors").is_file():
+        run_dir = RunDir(target)
+        run_cfg, run = run_dir.read()
+        if not base and not run_dir.has_adapter():
             raise ConvsumError(f"{target}: no adapter yet (training not finished? resume with "
                                f"convsum train --output {target} --resume)")
         info = {"run": str(target), "base_model": run["base_model"], "base_revision": run.get("base_revision")}
+        model, adapter, template = run_cfg.model, run_dir.adapter, run["prompt_template"]
     elif target and is_convsum_model(target):
         meta = read_model_info(target)
-        template = meta["prompt_template"]
-        if meta["kind"] == "adapter":
-            model_cfg, adapter = ModelConfig(**{**vars(cfg.model), "name": meta["base_model"]}), Path(target)
-        else:
-            model_cfg = ModelConfig(**{**vars(cfg.model), "name": target, "load_in_4bit": False})
-        info = {"model_dir": str(target), "base_model": meta["base_model"]}
-    elif target:
-        model_cfg = ModelConfig(**{**vars(cfg.model), "name": target})
-        info = {"base_model": target}
+        info, template = {"model_dir": str(target), "base_model": meta["base_model"]}, meta["prompt_template"]
+        if meta["kind"] == "merged" and not base:  # the merged folder itself, never re-quantized
+            return ModelSpec(replace(cfg.model, name=target, load_in_4bit=False), template, None, "fine-tuned", info)
+        model = replace(cfg.model, name=meta["base_model"])
+        adapter = Path(target) if meta["kind"] == "adapter" else None
     else:
-        info = {"base_model": cfg.model.name}
+        model = replace(cfg.model, name=target) if target else cfg.model
+        info, adapter, template = {"base_model": model.name}, None, cfg.prompt.template
+    if base or adapter is None:
+        return ModelSpec(model, template, None, "base", info)
+    return ModelSpec(model, template, adapter, "fine-tuned", {**info, "adapter": str(adapter)})
+
+
+def load_summarizer(target: str | None, cfg: Config, base: bool = False) -> Summarizer:
+    """Resolve `target` (see resolve_target) and load it, with a LoRA adapter folded into the weights."""
     from accelerate import PartialState
 
+    spec = resolve_target(target, cfg, base)
     with PartialState().main_process_first():  # the bundled model is converted once, by one process
-        tokenizer = load_tokenizer(model_cfg)
-    from convsum.modeling import resolve
-
-    info["base_path"] = resolve(model_cfg)[0]
-    if not merge:  # an external engine (vLLM) loads the weights itself
-        return Summarizer(_NoModel(), tokenizer, template, cfg.generate, "fine-tuned" if adapter and not base else "base",
-                          {**info, **({"adapter": str(adapter)} if adapter and not base else {})})
-    model = load_model(model_cfg)
-    name = "base"
-    if adapter is not None and not base:
+        tokenizer = load_tokenizer(spec.model)
+    model = load_model(spec.model)
+    if spec.adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter))
-        if not model_cfg.load_in_4bit:
+        model = PeftModel.from_pretrained(model, str(spec.adapter))
+        if not spec.model.load_in_4bit:
             # Folding LoRA into the weights makes generation exactly as fast as the base model.
             model = model.merge_and_unload()
-        name = "fine-tuned"
-        info["adapter"] = str(adapter)
-    elif target and is_convsum_model(target) and read_model_info(target)["kind"] == "merged":
-        name = "fine-tuned"
-    return Summarizer(model, tokenizer, template, cfg.generate, name, info)
-
-
-class _NoModel:
-    def eval(self):
-        return self
+    return Summarizer(model, tokenizer, spec.template, cfg.generate, spec.name,
+                      {**spec.info, "base_path": resolve(spec.model)[0]})
 
 
 def read_dialogues(source: str, field_name: str) -> list[str]:
@@ -172,13 +168,18 @@ def read_dialogues(source: str, field_name: str) -> list[str]:
     return [text.strip()]
 
 
+def report_truncated(summarizer: Summarizer, n: int) -> None:
+    if summarizer.truncated:
+        print(f"convsum: {summarizer.truncated} of {n} dialogues were cut at the end to fit "
+              f"generate.max_input_tokens={summarizer.gen.max_input_tokens}", file=sys.stderr)
+
+
 def main(cfg: Config, target: str | None, source: str = "-", base: bool = False, as_json: bool = False) -> list[str]:
     dialogues = read_dialogues(source, cfg.data.dialogue_field)
     summarizer = load_summarizer(target, cfg, base=base)
     summaries = summarizer(dialogues, progress=len(dialogues) > summarizer.gen.batch_size)
+    report_truncated(summarizer, len(dialogues))
     for s in summaries:
         print(json.dumps({"summary": s}, ensure_ascii=False) if as_json else s)
     return summaries
 
-
-__all__ = ["Summarizer", "load_summarizer", "main", "position_ids"]

@@ -88,6 +88,23 @@ def read_utf8(path: str | Path) -> str:
         raise ConvsumError(f"{p}:{line}: not valid UTF-8") from None
 
 
+def read_yaml(path: str | Path, what: str = "file") -> Any:
+    """A YAML file's contents, or a one-line ConvsumError naming the file (and line) that is wrong."""
+    import yaml
+
+    from convsum.errors import ConvsumError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConvsumError(f"{p}: {what} not found")
+    try:
+        return yaml.safe_load(read_utf8(p))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConvsumError(f"{p}{line}: invalid YAML ({getattr(e, 'problem', None) or e})") from None
+
+
 def jsonl_objects(text: str, where: str) -> list[tuple[int, dict]]:
     """(line number, object) per non-blank line; a bad line is a ConvsumError naming `where:line`."""
     from convsum.errors import ConvsumError

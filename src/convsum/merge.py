@@ -19,9 +19,11 @@ import torch
 
 from convsum.errors import ConvsumError
 from convsum.io import atomic_dir
-from convsum.modeling import _dtype, load_model, load_tokenizer
-from convsum.prompt import left_pad
-from convsum.rundir import read_run, write_model_info
+from convsum.card import write_card
+from convsum.config import GenerateConfig
+from convsum.modeling import load_model, load_tokenizer, torch_dtype
+from convsum.prompt import PromptFormatter, left_pad
+from convsum.rundir import RunDir, write_model_info
 
 LOGIT_TOLERANCE = 1e-4
 CHECK_DIALOGUES = [
@@ -41,13 +43,11 @@ def check_equivalence(reference, merged, tokenizer, template: str, max_new_token
     the merged weights, not fp32 summation order) and identical greedy summaries in fp32. Also
     reported: the fp32 difference, and the fp32 noise floor (base+adapter in fp32 against itself in
     float64): how far fp32 rounding alone moves this model's logits."""
-    from convsum.prompt import PromptFormatter
-
     fmt = PromptFormatter(tokenizer, template)
     prompts = [fmt.prompt_ids(d, 512)[0] for d in CHECK_DIALOGUES]
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
-    gen = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, top_p=None, top_k=None,
-               temperature=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    gen = dict(attention_mask=mask, generation_config=GenerateConfig(max_new_tokens=max_new_tokens,
+                                                                     num_beams=1).generation_config(tokenizer))
     with torch.inference_mode():
         same = torch.equal(reference.generate(input_ids=ids, **gen), merged.generate(input_ids=ids, **gen))
         ref32 = reference(input_ids=ids, attention_mask=mask).logits
@@ -66,17 +66,15 @@ def main(run_dir: str, output: str, dtype: str = "float32") -> dict:
     import copy
 
     from peft import PeftModel
-    from transformers import GenerationConfig
-
-    from convsum.publish import model_card, _card_inputs
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ConvsumError(f"--dtype {dtype!r}: expected float32, bfloat16 or float16")
     t0 = time.perf_counter()
-    cfg, run = read_run(run_dir)
-    adapter = Path(run_dir) / "adapter"
-    if not (adapter / "adapter_model.safetensors").is_file():
-        raise ConvsumError(f"{run_dir}: no trained adapter (adapter/adapter_model.safetensors missing)")
+    run_folder = RunDir(run_dir)
+    cfg, run = run_folder.read()
+    adapter = run_folder.adapter
+    if not run_folder.has_adapter():
+        raise ConvsumError(f"{run_dir}: no trained adapter ({run_folder.adapter_weights.relative_to(run_dir)} missing)")
     if Path(output).exists():
         raise ConvsumError(f"{output} already exists; choose another --output or remove it")
     model_cfg = replace(cfg.model, load_in_4bit=False, dtype="float32")
@@ -89,21 +87,17 @@ def main(run_dir: str, output: str, dtype: str = "float32") -> dict:
     if check["max_abs_logit_diff"] > LOGIT_TOLERANCE or not check["greedy_identical"]:
         raise ConvsumError(f"merge check failed: max |logit diff| (float64) {check['max_abs_logit_diff']:.2e} "
                            f"(limit {LOGIT_TOLERANCE}), greedy identical: {check['greedy_identical']}; nothing written")
-    merged = merged.to(_dtype(dtype))
+    merged = merged.to(torch_dtype(dtype))
     merged.config.name_or_path = None
     with atomic_dir(output) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.padding_side = "left"
         tokenizer.save_pretrained(tmp)
-        GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, do_sample=False,
-                         max_new_tokens=cfg.generate.max_new_tokens).save_pretrained(tmp)
+        cfg.generate.generation_config(tokenizer).save_pretrained(tmp)
         write_model_info(tmp, cfg, run.get("base_revision"), kind="merged",
                          extra={"merged_from": str(Path(run_dir).resolve()), "dtype": dtype, "merge_check": check,
                                 "config": cfg.to_dict()})
-        kind, info, cfgd, metrics, base_metrics, example = _card_inputs(Path(tmp))
-        (Path(tmp) / "README.md").write_text(model_card(Path(tmp), kind, info, cfgd, metrics, base_metrics, example),
-                                             encoding="utf-8")
+        write_card(Path(tmp))
     elapsed = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in Path(output).iterdir())
     print(f"convsum: merged {run_dir} into {output} ({dtype}, {size / 1e6:.0f} MB) in {elapsed:.0f} s; "

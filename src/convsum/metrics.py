@@ -101,6 +101,12 @@ def _column(metrics: dict, ref: str) -> tuple[str, dict]:
     return f"vs {ref}", per_ref[ref]
 
 
+def table_refs(results: dict) -> tuple[str, ...]:
+    """The reference columns a table shows: the first reference, and with several the mean and best."""
+    names = list(next(iter(results.values()))["per_reference"])
+    return (names[0], "mean", "best") if len(names) > 1 else (names[0],)
+
+
 def format_table(rows: dict[str, dict], refs=("summary1", "mean")) -> str:
     """Plain-text table: one row per model, R1/R2/RL/RLsum (1 decimal) per chosen reference set."""
     first = next(iter(rows.values()))

@@ -2,7 +2,7 @@
 
     convsum report runs/r1 runs/r2 --output report.html
 
-Loss and learning-rate curves from log.jsonl, ROUGE bars for base vs each run (per reference and
+Loss and learning-rate curves from the run log, ROUGE bars for base vs each run (per reference and
 mean), summary lengths against the references, and the best and worst examples by ROUGE-L with
 dialogue, references and prediction side by side. Plots are matplotlib PNGs, embedded as data URIs
 in the HTML and written beside the Markdown file.
@@ -13,37 +13,23 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 from convsum import metrics
 from convsum.errors import ConvsumError
 from convsum.io import atomic_write_text
+from convsum.rundir import HELD_OUT, RunDir
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-
-
-def _eval_dir(run: Path) -> tuple[Path | None, Path | None]:
-    from convsum.publish import _eval_dirs
-
-    tuned, base = _eval_dirs(run)
-    if tuned is None and (run / "eval-heldout" / "metrics.json").is_file():
-        tuned = run / "eval-heldout"
-    return tuned, base
-
-
-def load_run(run: Path) -> dict:
-    if not (run / "run.json").is_file():
-        raise ConvsumError(f"{run}: not a convsum run folder (no run.json)")
-    log = _read_jsonl(run / "log.jsonl") if (run / "log.jsonl").is_file() else []
-    tuned, base = _eval_dir(run)
-    return {"name": run.name, "path": run, "log": log,
-            "metrics": json.loads((tuned / "metrics.json").read_text()) if tuned else None,
-            "base_metrics": json.loads((base / "metrics.json").read_text()) if base else None,
-            "predictions": _read_jsonl(tuned / "predictions.jsonl") if tuned and (tuned / "predictions.jsonl").is_file() else [],
-            "summary": json.loads((run / "train_summary.json").read_text()) if (run / "train_summary.json").is_file() else {}}
+def load_run(path: Path) -> dict:
+    run = RunDir(path)
+    if not run.is_run():
+        raise ConvsumError(f"{path}: not a convsum run folder (no {run.info.name})")
+    tuned, base = run.find_eval(("test", HELD_OUT))
+    return {"name": path.name, "path": path, "log": run.read_log(), "summary": run.read_summary(),
+            "metrics": tuned.read_metrics() if tuned else None,
+            "base_metrics": base.read_metrics() if base else None,
+            "predictions": tuned.read_predictions() if tuned else []}
 
 
 def _png(fig) -> bytes:
@@ -174,9 +160,7 @@ def main(run_dirs: list[str], output: str = "report.html") -> Path:
         if r["metrics"]:
             table_rows[r["name"]] = r["metrics"]
     if table_rows:
-        from convsum.evaluate import _table_refs
-
-        t = metrics.format_table(table_rows, refs=_table_refs(table_rows))
+        t = metrics.format_table(table_rows, refs=metrics.table_refs(table_rows))
         h.append(f"<pre>{html.escape(t)}</pre>")
         md += ["```", t, "```", ""]
     for r in runs:

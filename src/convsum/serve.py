@@ -19,6 +19,7 @@ from importlib import resources
 
 from convsum.config import Config, ServeConfig
 from convsum.errors import ConvsumError
+from convsum.rundir import RunDir
 
 
 @dataclass
@@ -157,7 +158,7 @@ def create_app(summarizers: dict, cfg: Config, metrics: dict | None = None):
     async def model_info():
         return {"models": {name: {**s.info, "name": name} for name, s in summarizers.items()},
                 "prompt_template": primary.template, "metrics": metrics,
-                "generate": {"max_new_tokens": primary.gen.max_new_tokens, "num_beams": primary.gen.num_beams},
+                "generate": primary.gen.settings(),
                 "limits": {k: getattr(scfg, k) for k in ("max_body_bytes", "max_dialogue_tokens",
                                                          "max_dialogues_per_request", "max_new_tokens_limit",
                                                          "max_num_beams", "max_batch", "max_queue")}}
@@ -183,14 +184,16 @@ def create_app(summarizers: dict, cfg: Config, metrics: dict | None = None):
         if beams > scfg.max_num_beams:
             return error(422, f"num_beams: {beams} is over the limit of {scfg.max_num_beams}")
         s = summarizers[req.model]
-        prompts = []
+        prompts, truncated = [], 0
         for i, d in enumerate(dialogues):
             if not d.strip():
                 return error(422, f"dialogues[{i}]: empty dialogue")
             n = len(s.tokenizer(d, add_special_tokens=False)["input_ids"])
             if n > scfg.max_dialogue_tokens:
                 return error(422, f"dialogues[{i}]: {n} tokens is over the limit of {scfg.max_dialogue_tokens}")
-            prompts.append(s.encode(d.strip()))
+            ids, cut = s.fmt.prompt_ids(d.strip(), s.gen.max_input_tokens)
+            prompts.append(ids)
+            truncated += cut
         loop = asyncio.get_running_loop()
         jobs = [Job(p, mnt, beams, loop.create_future(), req.model) for p in prompts]
         try:
@@ -203,6 +206,7 @@ def create_app(summarizers: dict, cfg: Config, metrics: dict | None = None):
             return error(500, f"generation failed: {type(e).__name__}")
         return {"summaries": [s.decode(ids) for ids in outs], "model": req.model,
                 "usage": {"prompt_tokens": sum(map(len, prompts)), "completion_tokens": sum(map(len, outs))},
+                "truncated": truncated,  # dialogues cut at the end to fit generate.max_input_tokens
                 "latency_ms": round(1000 * (time.perf_counter() - t0), 1)}
 
     summarize.__annotations__ = {"req": SummarizeRequest}  # a real class, not a string (PEP 563)
@@ -224,9 +228,6 @@ def create_app(summarizers: dict, cfg: Config, metrics: dict | None = None):
 
 
 def main(cfg: Config, target: str | None, compare_base: bool = False) -> None:
-    import json
-    from pathlib import Path
-
     import uvicorn
 
     from convsum.generate import load_summarizer
@@ -239,9 +240,9 @@ def main(cfg: Config, target: str | None, compare_base: bool = False) -> None:
     elif compare_base:
         summarizers["base"] = load_summarizer(target, cfg, base=True)
     metrics = None
-    p = Path(target) / "eval-test" / "metrics.json"
-    if p.is_file():
-        m = json.loads(p.read_text())
+    tuned, _ = RunDir(target).find_eval()
+    if tuned:
+        m = tuned.read_metrics()
         metrics = {k: m[k] for k in ("n", "per_reference", "mean", "best") if k in m}
     app = create_app(summarizers, cfg, metrics)
     print(f"convsum: serving {target} on http://{cfg.serve.host}:{cfg.serve.port} (page at /, API docs at /docs)")

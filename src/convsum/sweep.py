@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +21,17 @@ import yaml
 
 from convsum import train
 from convsum.config import Config, set_field, validate
-from convsum.data import Record, training_split
+from convsum.data import train_and_held_out
 from convsum.errors import ConvsumError
-from convsum.io import atomic_write_json, atomic_write_text, read_json
+from convsum.io import atomic_write_json, atomic_write_text, read_yaml
+from convsum.rundir import HELD_OUT, RunDir
 
 SORT_KEY = "rougeL"
 
 
 def load_grid(path: str | Path) -> dict[str, list[Any]]:
     p = Path(path)
-    try:
-        grid = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConvsumError(f"{p}: grid file not found") from None
-    except yaml.YAMLError as e:
-        raise ConvsumError(f"{p}: invalid YAML ({e})") from None
+    grid = read_yaml(p, "grid file")
     if not isinstance(grid, dict) or not grid:
         raise ConvsumError(f"{p}: expected a mapping of config fields to value lists, e.g. 'lora.r: [4, 16]'")
     for k, v in grid.items():
@@ -64,39 +61,26 @@ def _slug(v: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "", str(v))
 
 
-def held_out_records(cfg: Config) -> list[Record]:
-    """The same held-out slice `convsum train` carves (same seed), as records for generation."""
-    import random
-
-    _, records = training_split(cfg.data)
-    order = list(range(len(records)))
-    random.Random(cfg.train.seed).shuffle(order)
-    n_val = min(cfg.data.val_size, max(0, len(records) - 1))
-    return [records[i] for i in order[:n_val]]
-
-
 def run_one(cfg: Config, run_dir: Path) -> dict:
     from convsum.evaluate import evaluate_model
     from convsum.generate import load_summarizer
 
     cfg.train.output_dir = str(run_dir)
-    if not (run_dir / "train_summary.json").is_file():
-        resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("checkpoint-*"))
-        if (run_dir / "run.json").exists() and not resume:
-            import shutil
-
+    run = RunDir(run_dir)
+    if not run.is_finished():
+        resume = run.has_checkpoint()
+        if run.is_run() and not resume:
             shutil.rmtree(run_dir)  # started but killed before its first checkpoint: nothing to keep
         result = train.main(cfg, resume=resume)
         if result.get("interrupted"):
             raise ConvsumError(f"sweep interrupted in {run_dir}; re-run the same command to resume")
-    summary = read_json(run_dir / "train_summary.json")
-    mpath = run_dir / "eval-heldout" / "metrics.json"
-    if not mpath.is_file():
-        records = held_out_records(cfg)
+    held_out_eval = run.eval_dir(HELD_OUT)
+    if not held_out_eval.exists():
+        _, _, records = train_and_held_out(cfg)  # the slice this run held out (same seed, same carve)
         if not records:
             raise ConvsumError("data.val_size is 0: a sweep needs a held-out slice to select on")
-        evaluate_model(load_summarizer(str(run_dir), cfg), records, run_dir / "eval-heldout", "held-out")
-    return {"summary": summary, "metrics": read_json(mpath)}
+        evaluate_model(load_summarizer(str(run_dir), cfg), records, held_out_eval, HELD_OUT)
+    return {"summary": run.read_summary(), "metrics": held_out_eval.read_metrics()}
 
 
 def main(base: Config, grid_path: str, output: str) -> list[dict]:
@@ -108,7 +92,7 @@ def main(base: Config, grid_path: str, output: str) -> list[dict]:
     rows = []
     for i, (name, combo, cfg) in enumerate(runs, 1):
         run_dir = out / name
-        state = "done" if (run_dir / "eval-heldout" / "metrics.json").is_file() else "running"
+        state = "done" if RunDir(run_dir).eval_dir(HELD_OUT).exists() else "running"
         print(f"\n=== sweep run {i}/{len(runs)}: {name} ({state}) ===", flush=True)
         r = run_one(cfg, run_dir)
         m, s = r["metrics"]["mean"], r["summary"]

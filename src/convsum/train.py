@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import resource
 import shutil
 import signal
@@ -34,20 +33,18 @@ from convsum import fastpath
 from convsum.config import Config, save_config
 from convsum.errors import ConvsumError
 from convsum.io import atomic_dir, atomic_write_json
-from convsum.modeling import add_lora, limit_kernel_cache, load_model, load_tokenizer, resolve, trainable_parameters
+from convsum.modeling import (add_lora, bf16_enabled, limit_kernel_cache, load_model, load_tokenizer, resolve,
+                              trainable_parameters)
 from convsum.prompt import IGNORE_INDEX, PromptFormatter, collate
-from convsum.rundir import write_model_info
+from convsum.rundir import RunDir, write_model_info
 
 
 class SummaryTrainer(Trainer):
     def __init__(self, *args, summary_only_logits: bool = True, fused_loss: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.summary_only_logits, self.fused_loss = summary_only_logits, fused_loss
-        self.tokens_seen = 0  # non-padding tokens through forward in training, this process
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if model.training:
-            self.tokens_seen += int(inputs["attention_mask"].sum())
         if not self.summary_only_logits:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs["labels"]
@@ -107,24 +104,28 @@ class SummaryTrainer(Trainer):
 
 
 class RunLog(TrainerCallback):
-    """log.jsonl (always) plus a progress bar showing loss, tokens/s and ETA."""
+    """The run log (always written): step, loss, lr, grad norm, real (non-padding) tokens/s over all processes, eval loss.
 
-    def __init__(self, path: Path, trainer_ref: list, world_size: int):
-        self.path, self.trainer_ref, self.world = path, trainer_ref, world_size
-        self.last_time, self.last_tokens = None, 0
+    Tokens come from the Trainer's own count (`include_num_input_tokens_seen="non_padding"`, summed
+    over processes)."""
 
-    def on_train_begin(self, args, state, control, **kw):
-        self.last_time, self.last_tokens = time.perf_counter(), self.trainer_ref[0].tokens_seen
+    def __init__(self, path: Path):
+        self.path = path
+        self.last_time, self.last_tokens, self.session_start_tokens = None, 0, 0
+
+    def on_train_begin(self, args, state, control, **kw):  # after a resumed run's state is restored
+        self.last_time, self.last_tokens = time.perf_counter(), state.num_input_tokens_seen
+        self.session_start_tokens = state.num_input_tokens_seen
 
     def on_log(self, args, state, control, logs=None, **kw):
         if not state.is_world_process_zero or not logs:
             return
-        now, tokens = time.perf_counter(), self.trainer_ref[0].tokens_seen
+        now, tokens = time.perf_counter(), state.num_input_tokens_seen
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
         if "loss" in logs:
             dt = now - (self.last_time or now)
             row.update(loss=logs["loss"], lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
-                       tokens_per_s=round((tokens - self.last_tokens) * self.world / dt, 1) if dt > 0 else None)
+                       tokens_per_s=round((tokens - self.last_tokens) / dt, 1) if dt > 0 else None)
             self.last_time, self.last_tokens = now, tokens
         if "eval_loss" in logs:
             row["eval_loss"] = logs["eval_loss"]
@@ -137,13 +138,13 @@ class RunLog(TrainerCallback):
 class Progress(ProgressCallback):
     """The stock bar (steps, ETA) with loss and tokens/s in its postfix instead of printed dicts."""
 
-    def __init__(self, trainer_ref: list):
+    def __init__(self):
         super().__init__()
-        self.trainer_ref, self.t0, self.tok0 = trainer_ref, None, 0
+        self.t0, self.tok0 = None, 0
 
     def on_train_begin(self, args, state, control, **kw):
         super().on_train_begin(args, state, control, **kw)
-        self.t0, self.tok0 = time.perf_counter(), self.trainer_ref[0].tokens_seen
+        self.t0, self.tok0 = time.perf_counter(), state.num_input_tokens_seen
 
     def on_log(self, args, state, control, logs=None, **kw):
         if not state.is_world_process_zero or self.training_bar is None or not logs:
@@ -153,7 +154,7 @@ class Progress(ProgressCallback):
             post["loss"] = f"{logs['loss']:.3f}"
         dt = time.perf_counter() - (self.t0 or time.perf_counter())
         if dt > 0:
-            post["tok/s"] = f"{(self.trainer_ref[0].tokens_seen - self.tok0) / dt:.0f}"
+            post["tok/s"] = f"{(state.num_input_tokens_seen - self.tok0) / dt:.0f}"
         if "eval_loss" in logs:
             self.training_bar.write(f"step {state.global_step}: eval_loss {logs['eval_loss']:.4f}")
         self.training_bar.set_postfix(post, refresh=True)
@@ -204,37 +205,22 @@ class ReleaseMemory(TrainerCallback):
     on_evaluate = on_step_end  # held-out batches fragment the heap the same way
 
 
-def bf16_enabled(setting: str) -> bool:
-    if setting != "auto":
-        return setting == "true"
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    # On CPU bf16 only pays off with native support (AVX512-BF16 / AMX); otherwise it is emulated.
-    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
-
-
 def prepare_examples(cfg: Config, tokenizer) -> tuple[str, list[dict], list[dict], int]:
     """(split used, train examples, held-out examples, truncated count), tokenized with the one template."""
-    split, records = data_stage.training_split(cfg.data)
-    order = list(range(len(records)))
-    random.Random(cfg.train.seed).shuffle(order)
-    n_val = min(cfg.data.val_size, max(0, len(records) - 1))
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    if cfg.data.max_train_examples is not None:
-        train_idx = train_idx[: cfg.data.max_train_examples]
+    split, train_records, held_out = data_stage.train_and_held_out(cfg)
     fmt = PromptFormatter(tokenizer, cfg.prompt.template)
     truncated = 0
 
-    def build(indices):
+    def build(records):
         nonlocal truncated
         out = []
-        for i in indices:
-            ex = fmt.build_train(records[i].dialogue, records[i].summary, cfg.data.max_length)
+        for r in records:
+            ex = fmt.build_train(r.dialogue, r.summary, cfg.data.max_length)
             truncated += ex.truncated
             out.append({"input_ids": ex.input_ids, "labels": ex.labels, "length": len(ex.input_ids)})
         return out
 
-    return split, build(train_idx), build(val_idx), truncated
+    return split, build(train_records), build(held_out), truncated
 
 
 def training_arguments(cfg: Config, ckpt_dir: Path, has_eval: bool, bf16: bool) -> TrainingArguments:
@@ -244,12 +230,14 @@ def training_arguments(cfg: Config, ckpt_dir: Path, has_eval: bool, bf16: bool) 
         output_dir=str(ckpt_dir), num_train_epochs=t.epochs, max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler,
+        # transformers 5 deprecates `warmup_ratio`: a `warmup_steps` below 1 is read as that ratio of all steps.
         warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         optim="adamw_torch", seed=t.seed, data_seed=t.seed, bf16=bf16,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random", length_column_name="length",
         eval_strategy="steps" if eval_every else "no", eval_steps=eval_every, prediction_loss_only=True,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         logging_strategy="steps", logging_steps=t.logging_steps, report_to=t.report_to or "none",
+        include_num_input_tokens_seen="non_padding",  # real tokens over all processes, for tokens/s
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=False,
         use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient; skip DDP's extra graph walk
@@ -257,25 +245,23 @@ def training_arguments(cfg: Config, ckpt_dir: Path, has_eval: bool, bf16: bool) 
 
 
 def build_trainer(cfg: Config, model, tokenizer, train_ex: list[dict], val_ex: list[dict], args: TrainingArguments,
-                  log_path: Path, world_size: int = 1) -> tuple[SummaryTrainer, StopOnInterrupt]:
+                  log_path: Path) -> tuple[SummaryTrainer, StopOnInterrupt]:
     """The configured Trainer (also used by bench/train_throughput.py, so the bench times exactly this)."""
     from datasets import Dataset
 
     if cfg.train.cpu_fast_path and args.bf16 and not torch.cuda.is_available():
         fastpath.cast_frozen_linears(model)
         fastpath.use_fast_lora_dropout(model)
-    ref: list = []
     stopper = StopOnInterrupt()
     trainer = SummaryTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(train_ex),
         eval_dataset=Dataset.from_list(val_ex) if val_ex else None,
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
-        callbacks=[RunLog(log_path, ref, world_size), stopper, ReleaseMemory()],
+        callbacks=[RunLog(log_path), stopper, ReleaseMemory()],
         summary_only_logits=cfg.train.summary_only_logits, fused_loss=cfg.train.fused_loss,
     )
-    ref.append(trainer)
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(Progress(ref))
+    trainer.add_callback(Progress())
     return trainer, stopper
 
 
@@ -284,27 +270,24 @@ def main(cfg: Config, resume: bool = False) -> dict:
 
     limit_kernel_cache()
     state = PartialState()
-    run_dir = Path(cfg.train.output_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    run = RunDir(cfg.train.output_dir)
+    last = get_last_checkpoint(str(run.checkpoints)) if run.checkpoints.is_dir() else None
     if resume and last is None:
-        raise ConvsumError(f"{run_dir}: no checkpoint to resume from")
-    if not resume and (run_dir / "run.json").exists():
-        raise ConvsumError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
+        raise ConvsumError(f"{run.path}: no checkpoint to resume from")
+    if not resume and run.is_run():
+        raise ConvsumError(f"{run.path} already holds a run; pass --resume to continue it or choose another --output")
 
     with state.main_process_first():  # the bundled model is converted once, by one process
         tokenizer = load_tokenizer(cfg.model)
     split, train_ex, val_ex, truncated = prepare_examples(cfg, tokenizer)
-    if not train_ex:
-        raise ConvsumError(f"{cfg.data.source}: no training examples left after holding out {len(val_ex)}")
     _, base_revision = resolve(cfg.model)
     bf16 = bf16_enabled(cfg.train.bf16)
-    args = training_arguments(cfg, ckpt_dir, bool(val_ex), bf16)
+    args = training_arguments(cfg, run.checkpoints, bool(val_ex), bf16)
     effective_batch = cfg.train.batch_size * cfg.train.grad_accum * state.num_processes
     if state.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        atomic_write_json(run_dir / "run.json", {
+        run.path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config)
+        atomic_write_json(run.info, {
             "base_model": cfg.model.name, "base_revision": base_revision, "prompt_template": cfg.prompt.template,
             "data_source": cfg.data.source, "train_split": split, "held_out": len(val_ex),
             "held_out_from": split, "train_examples": len(train_ex), "truncated_dialogues": truncated,
@@ -313,11 +296,7 @@ def main(cfg: Config, resume: bool = False) -> dict:
         print(f"convsum: {len(train_ex)} training examples from split {split!r}, {len(val_ex)} held out; "
               f"{truncated} dialogues truncated to fit data.max_length={cfg.data.max_length}")
         if resume:  # drop log lines written after the checkpoint we resume from
-            step = int(Path(last).name.split("-")[-1])
-            log_path = run_dir / "log.jsonl"
-            if log_path.exists():
-                kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-                log_path.write_text("".join(ln + "\n" for ln in kept))
+            run.truncate_log(int(Path(last).name.split("-")[-1]))
 
     torch.manual_seed(cfg.train.seed)  # LoRA init must not depend on anything loaded before it
     model = add_lora(load_model(cfg.model, for_training=True), cfg.lora)
@@ -327,8 +306,7 @@ def main(cfg: Config, resume: bool = False) -> dict:
               f"{n_train:,} trainable of {n_total:,} parameters ({100 * n_train / n_total:.2f}%); "
               f"effective batch {effective_batch}; bf16 {'on' if bf16 else 'off'}")
 
-    trainer, stopper = build_trainer(cfg, model, tokenizer, train_ex, val_ex, args, run_dir / "log.jsonl",
-                                     state.num_processes)
+    trainer, stopper = build_trainer(cfg, model, tokenizer, train_ex, val_ex, args, run.log)
     stopper.install()
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last if resume else None)
@@ -336,12 +314,13 @@ def main(cfg: Config, resume: bool = False) -> dict:
     if stopper.requested:
         if state.is_main_process:
             print(f"convsum: stopped at step {trainer.state.global_step}; checkpoint saved. "
-                  f"Resume with: convsum train --output {run_dir} --resume")
+                  f"Resume with: convsum train --output {run.path} --resume")
         return {"interrupted": True, "step": trainer.state.global_step}
 
     evals = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
     eval_loss = (evals[-1]["eval_loss"] if evals else trainer.evaluate()["eval_loss"]) if val_ex else None
-    tokens = trainer.tokens_seen * state.num_processes
+    run_log = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, RunLog))
+    tokens = trainer.state.num_input_tokens_seen - run_log.session_start_tokens
     summary = {
         "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0.0, 4),
         "train_loss": result.training_loss, "eval_loss": eval_loss, "train_runtime_s": round(elapsed, 1),
@@ -352,12 +331,12 @@ def main(cfg: Config, resume: bool = False) -> dict:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     if state.is_main_process:
-        with atomic_dir(run_dir / "adapter") as tmp:
+        with atomic_dir(run.adapter) as tmp:
             trainer.model.save_pretrained(tmp, safe_serialization=True)
             write_model_info(tmp, cfg, base_revision, kind="adapter")
-        atomic_write_json(run_dir / "train_summary.json", summary)
+        atomic_write_json(run.summary, summary)
         ppl = f" (perplexity {math.exp(eval_loss):.2f})" if eval_loss is not None and eval_loss < 50 else ""
         print(f"convsum: trained {summary['steps']} steps in {elapsed / 60:.1f} min, "
-              f"{summary['tokens_per_s']} tokens/s; held-out loss {eval_loss}{ppl}; adapter in {run_dir / 'adapter'}")
+              f"{summary['tokens_per_s']} tokens/s; held-out loss {eval_loss}{ppl}; adapter in {run.adapter}")
     state.wait_for_everyone()
     return summary

