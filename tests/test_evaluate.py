@@ -97,5 +97,5 @@ def test_summarize_base_and_unfinished_run_errors(tiny_cfg, capsys):
     f = run / "d.txt"
     f.write_text("#Person1#: hi")
     assert cli.main(["summarize", str(run), str(f)]) == 2
-    assert "no adapter yet" in capsys.readouterr().err
+    assert "no trained weights yet" in capsys.readouterr().err
     assert cli.main(["summarize", str(run), str(f), "--base", "--max-new-tokens", "3"]) == 0

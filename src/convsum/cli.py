@@ -81,7 +81,7 @@ def cmd_evaluate(args):
 def cmd_score(args):
     from convsum import evaluate
 
-    evaluate.score_main(_config(args), args.predictions, split=args.split, as_json=args.json)
+    evaluate.score_main(_config(args), args.predictions, split=args.split, as_json=args.json, against=args.against)
 
 
 def cmd_summarize(args):
@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "data")
     p.add_argument("--split", default="test")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--against", metavar="PRED_B", help="compare with another predictions file (paired bootstrap)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("summarize", help="summarize dialogues from a JSONL file or stdin")

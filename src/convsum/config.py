@@ -88,6 +88,10 @@ class LoraConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = _f("runs/gemma3-270m-lora", "Run folder (config, adapter, checkpoints, logs).")
+    method: Literal["lora", "full"] = _f("lora", "lora: train a LoRA adapter (the lora section); full: train the "
+                                         "model's weights themselves (small models); the run then holds a full model.")
+    freeze_embeddings: bool = _f(True, "With method full: keep the input embedding (and an LM head tied to it) "
+                                 "frozen; for Gemma 3 270M that is 170M of its 268M parameters.")
     epochs: float = _f(1.0, "Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: use epochs).")
     batch_size: int = _f(2, "Examples per forward pass, per process (activation memory grows with it).")
@@ -110,6 +114,12 @@ class TrainConfig:
     group_by_length: bool = _f(True, "Batch examples of similar length together to cut padding.")
     logging_steps: int = _f(5, "Log loss, lr and tokens/s every N steps.")
     eval_steps: int = _f(50, "Held-out eval loss every N steps (0: only at the end).")
+    select_by: Literal["last", "eval_loss", "rougeL"] = _f("last", "Which checkpoint the run keeps: the last one, "
+                                                             "the lowest held-out loss, or the highest held-out "
+                                                             "ROUGE-L of greedy summaries (generated at every "
+                                                             "evaluation); needs save_steps a multiple of eval_steps.")
+    early_stopping_patience: int = _f(0, "With select_by: stop after this many evaluations without improvement "
+                                      "(0: never).")
     save_steps: int = _f(25, "Checkpoint every N steps.")
     save_total_limit: int = _f(2, "Checkpoints kept on disk.")
     report_to: list[str] = _f([], "Extra loggers (e.g. tensorboard); the run folder's own log is always written.")
@@ -117,8 +127,17 @@ class TrainConfig:
 
 @dataclass
 class GenerateConfig:
+    strategy: Literal["greedy", "beam", "mbr"] = _f("greedy", "greedy; beam (num_beams wide); or mbr: the greedy "
+                                                    "summary plus mbr_samples samples, returning the one with the "
+                                                    "highest mean ROUGE against the others (decoding.py).")
     max_new_tokens: int = _f(64, "Max summary tokens generated.")
-    num_beams: int = _f(1, "1 = greedy; >1 = beam search.")
+    num_beams: int = _f(1, "Beam width for strategy beam (>= 2); 1 otherwise.")
+    mbr_samples: int = _f(8, "Samples drawn per dialogue for strategy mbr (the greedy summary is one more candidate).")
+    temperature: float = _f(0.7, "Sampling temperature for mbr samples.")
+    top_p: float = _f(0.95, "Nucleus (top-p) mass for mbr samples, within the 64 most likely tokens.")
+    mbr_utility: Literal["rouge1", "rougeL", "mean"] = _f("mean", "What mbr maximises: ROUGE-1, ROUGE-L or the "
+                                                          "mean of both (F1, convsum.metrics' tokenizer).")
+    seed: int = _f(0, "Seed of the mbr samples; with it a dialogue's summary is the same in any batch and run.")
     batch_size: int = _f(16, "Dialogues generated together.")
     max_input_tokens: int = _f(1024, "Prompt tokens kept (the dialogue is truncated to fit).")
     bf16: Tristate = _f("auto", "bfloat16 autocast for generation: auto (CPU with native bf16 or a CUDA GPU), true or "
@@ -126,17 +145,28 @@ class GenerateConfig:
 
     def settings(self) -> dict[str, Any]:
         """The decoding settings recorded beside results (evaluation metrics, model info, /v1/model)."""
-        return {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
-                "max_input_tokens": self.max_input_tokens}
+        out = {"strategy": self.strategy, "max_new_tokens": self.max_new_tokens, "max_input_tokens": self.max_input_tokens}
+        if self.strategy == "beam":
+            out["num_beams"] = self.num_beams
+        if self.strategy == "mbr":
+            out.update(mbr_samples=self.mbr_samples, temperature=self.temperature, top_p=self.top_p,
+                       mbr_utility=self.mbr_utility, seed=self.seed)
+        return out
 
-    def generation_config(self, tokenizer, **overrides: Any):
-        """The one transformers `GenerationConfig` every stage generates with (`overrides`: a request's
-        max_new_tokens / num_beams). Set as the model's own generation config, so the base model's
-        sampling defaults (e.g. Gemma's top_k/top_p) never leak into greedy decoding."""
+    def with_overrides(self, **overrides: Any) -> "GenerateConfig":
+        """A copy with a request's settings (None = keep), checked like the config itself."""
+        g = dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        validate_generate(g)
+        return g
+
+    def generation_config(self, tokenizer):
+        """The one transformers `GenerationConfig` every stage generates with. Set as the model's own
+        generation config, so the base model's sampling defaults (e.g. Gemma's top_k/top_p) never leak
+        in: decoding is deterministic; mbr's sampling is done by decoding.SeededSampler."""
         from transformers import GenerationConfig
 
-        g = dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
-        return GenerationConfig(max_new_tokens=g.max_new_tokens, num_beams=g.num_beams, do_sample=False,
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False,
+                                num_beams=self.num_beams if self.strategy == "beam" else 1,
                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                 bos_token_id=tokenizer.bos_token_id)
 
@@ -150,6 +180,8 @@ class ServeConfig:
     max_dialogues_per_request: int = _f(16, "Most dialogues in one request (422 above).")
     max_new_tokens_limit: int = _f(256, "Highest max_new_tokens a request may ask for.")
     max_num_beams: int = _f(4, "Highest num_beams a request may ask for.")
+    max_mbr_samples: int = _f(16, "Highest mbr_samples a request may ask for (each sample costs about one greedy "
+                              "decode).")
     max_batch: int = _f(16, "Most dialogues generated together across concurrent requests (1 = no batching).")
     batch_window_ms: float = _f(10.0, "How long the batcher waits for more requests after the first one.")
     max_queue: int = _f(256, "Dialogues waiting at most; beyond it requests get 503 with Retry-After.")
@@ -282,8 +314,14 @@ def validate(cfg: Config) -> None:
         (0.0 <= cfg.train.warmup_ratio < 1.0, "train.warmup_ratio: must be in [0, 1)"),
         (cfg.train.max_steps > 0 or cfg.train.epochs > 0, "train.epochs: must be positive when max_steps is -1"),
         (cfg.train.save_steps > 0 and cfg.train.logging_steps > 0, "train.save_steps and train.logging_steps: must be positive"),
-        (cfg.generate.max_new_tokens > 0, "generate.max_new_tokens: must be positive"),
-        (cfg.generate.num_beams >= 1 and cfg.generate.batch_size >= 1, "generate.num_beams and generate.batch_size: must be >= 1"),
+        (cfg.train.select_by == "last" or (cfg.train.eval_steps > 0 and cfg.train.save_steps % cfg.train.eval_steps == 0),
+         f"train.select_by={cfg.train.select_by} keeps the best evaluated checkpoint: train.eval_steps must be > 0 and "
+         f"train.save_steps ({cfg.train.save_steps}) a multiple of it ({cfg.train.eval_steps})"),
+        (cfg.train.select_by != "last" or cfg.train.early_stopping_patience == 0,
+         "train.early_stopping_patience needs train.select_by eval_loss or rougeL"),
+        (cfg.train.select_by == "last" or cfg.data.val_size != 0,
+         f"train.select_by={cfg.train.select_by} needs a held-out slice (data.val_size is 0)"),
+        (cfg.generate.batch_size >= 1, "generate.batch_size: must be >= 1"),
         (cfg.serve.max_batch >= 1 and cfg.serve.max_queue >= 1 and cfg.serve.max_body_bytes > 0,
          "serve.max_batch, serve.max_queue and serve.max_body_bytes: must be positive"),
         (0 < cfg.serve.port < 65536, "serve.port: must be 1-65535"),
@@ -291,8 +329,24 @@ def validate(cfg: Config) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConvsumError(msg)
+    validate_generate(cfg.generate)
     if isinstance(cfg.lora.target_modules, str) and cfg.lora.target_modules not in ("all-linear", "attention"):
         raise ConvsumError("lora.target_modules: must be 'all-linear', 'attention' or a list of module names")
+
+
+def validate_generate(g: GenerateConfig) -> None:
+    checks = [
+        (g.max_new_tokens > 0, "generate.max_new_tokens: must be positive"),
+        (g.strategy != "beam" or g.num_beams >= 2, f"generate.num_beams={g.num_beams}: strategy beam needs >= 2"),
+        (g.strategy == "beam" or g.num_beams == 1,
+         f"generate.num_beams={g.num_beams} is only used with generate.strategy=beam (now {g.strategy})"),
+        (g.mbr_samples >= 1, "generate.mbr_samples: must be >= 1"),
+        (g.temperature > 0, "generate.temperature: must be positive"),
+        (0 < g.top_p <= 1, "generate.top_p: must be in (0, 1]"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConvsumError(msg)
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -143,11 +143,18 @@ def read_predictions(path: Path, records: list[Record]) -> list[str]:
     return [by_id[r.id] for r in records]
 
 
-def score_main(cfg: Config, predictions: str, split: str = "test", as_json: bool = False) -> dict:
-    """Score an existing predictions file; no model is loaded."""
+def score_main(cfg: Config, predictions: str, split: str = "test", as_json: bool = False,
+               against: str | None = None) -> dict:
+    """Score an existing predictions file; no model is loaded. `against`: a second predictions file on
+    the same split, compared with a paired bootstrap over dialogues."""
     records = load_split(cfg.data, canonical_split(split))
     preds = read_predictions(Path(predictions), records)
-    result = metrics.score_pairs(preds, [r.references for r in records], records[0].reference_names)
+    refs = [r.references for r in records]
+    if against is not None:
+        comparison = metrics.compare_systems(preds, read_predictions(Path(against), records), refs)
+        print(json.dumps(comparison) if as_json else metrics.format_comparison(comparison, predictions, against))
+        return comparison
+    result = metrics.score_pairs(preds, refs, records[0].reference_names)
     if as_json:
         print(json.dumps({k: result[k] for k in ("n", "per_reference", "mean", "best")}))
     else:

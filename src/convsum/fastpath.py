@@ -89,6 +89,16 @@ def cast_frozen_linears(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -
     return cast
 
 
+def retie_head(model: nn.Module) -> bool:
+    """Undo `cast_frozen_linears`' private copy of a tied head (before saving a full model)."""
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    if head is None or not tied or head.weight is embedding.weight:
+        return False
+    head.weight = embedding.weight
+    return True
+
+
 class _HeadCrossEntropy(torch.autograd.Function):
     """sum over rows of cross_entropy(softcap(h @ W.T), target); W frozen."""
 

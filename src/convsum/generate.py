@@ -13,16 +13,19 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from transformers import DynamicCache, LogitsProcessorList
 
+from convsum import decoding
 from convsum.config import Config, GenerateConfig, ModelConfig
 from convsum.errors import ConvsumError
 from convsum.modeling import bf16_enabled, load_model, load_tokenizer, resolve
-from convsum.prompt import PromptFormatter, left_pad
+from convsum.prompt import PromptFormatter, left_pad, position_ids
 from convsum.rundir import RunDir, is_convsum_model, is_run, read_model_info
 
 
@@ -40,6 +43,7 @@ class Summarizer:
         self.model.eval()
         self.model.generation_config = self.gen.generation_config(self.tokenizer)
         self.truncated = 0  # prompts whose dialogue was cut to fit generate.max_input_tokens
+        self.candidates = 0  # sequences decoded by mbr (samples + greedy)
 
     def encode(self, dialogue: str) -> list[int]:
         ids, truncated = self.fmt.prompt_ids(dialogue, self.gen.max_input_tokens)
@@ -47,15 +51,41 @@ class Summarizer:
         return ids
 
     @torch.inference_mode()
-    def generate_ids(self, prompts: list[list[int]], max_new_tokens: int | None = None,
-                     num_beams: int | None = None) -> list[list[int]]:
-        """One padded batch through `model.generate`; returns the new token ids of each row, EOS removed."""
+    def generate_ids(self, prompts: list[list[int]], **overrides) -> list[list[int]]:
+        """One batch of prompts -> the summary token ids of each (EOS removed). `overrides`: a request's
+        decoding settings (GenerateConfig fields: max_new_tokens, strategy, num_beams, mbr_samples, ...)."""
+        gen = self.gen.with_overrides(**overrides) if overrides else self.gen
+        if gen.strategy != "mbr":
+            return self._decode(prompts, gen)
+        repeats = gen.mbr_samples + 1  # candidate 0 of each prompt is the greedy summary
+        keys = [None if j == 0 else decoding.row_key(gen.seed, p, j) for p in prompts for j in range(repeats)]
+        rows = self._decode(prompts, gen, repeats, keys)
+        self.candidates += len(rows)
+        chosen = []
+        for i in range(len(prompts)):
+            candidates = rows[i * repeats:(i + 1) * repeats]
+            chosen.append(candidates[decoding.mbr_pick([self.decode(c) for c in candidates], gen.mbr_utility)])
+        return chosen
+
+    def _decode(self, prompts: list[list[int]], gen: GenerateConfig, repeats: int = 1,
+                keys: list[int | None] | None = None) -> list[list[int]]:
         ids, mask = left_pad(prompts, self.tokenizer.pad_token_id)
         device = next(self.model.parameters()).device
-        config = self.gen.generation_config(self.tokenizer, max_new_tokens=max_new_tokens, num_beams=num_beams)
+        ids, mask = ids.to(device), mask.to(device)
+        kwargs = {"generation_config": gen.generation_config(self.tokenizer)}
         with self._autocast(device):
-            out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                      generation_config=config)
+            if repeats > 1:
+                # One prefill per prompt: run it once, then decode `repeats` continuations from copies of
+                # its cache (what num_return_sequences would do after `repeats` separate prefills).
+                cache = DynamicCache(config=self.model.config)
+                pos = position_ids(mask)
+                self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
+                           cache=cache, use_cache=True)
+                cache.batch_repeat_interleave(repeats)
+                ids, mask = ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
+                kwargs.update(cache=cache, logits_processor=LogitsProcessorList([decoding.SeededSampler(
+                    keys, ids.shape[1], gen.temperature, gen.top_p)]))
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         result = []
         for row in out[:, ids.shape[1]:].tolist():
             if self.tokenizer.eos_token_id in row:
@@ -77,12 +107,15 @@ class Summarizer:
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first: OOM shows early
         out: list[str] = [""] * len(prompts)
         bs = self.gen.batch_size
+        t0, c0 = time.perf_counter(), self.candidates
         with tqdm(total=len(prompts), desc=desc, disable=not progress, unit="dlg") as bar:
             for start in range(0, len(order), bs):
                 chunk = order[start:start + bs]
                 for i, ids in zip(chunk, self.generate_ids([prompts[i] for i in chunk])):
                     out[i] = self.decode(ids)
                 bar.update(len(chunk))
+                if self.gen.strategy == "mbr":
+                    bar.set_postfix(candidates_per_s=f"{(self.candidates - c0) / (time.perf_counter() - t0):.1f}")
         return out
 
 
@@ -103,15 +136,18 @@ def resolve_target(target: str | None, cfg: Config, base: bool = False) -> Model
     if target and is_run(target):
         run_dir = RunDir(target)
         run_cfg, run = run_dir.read()
-        if not base and not run_dir.has_adapter():
-            raise ConvsumError(f"{target}: no adapter yet (training not finished? resume with "
-                               f"convsum train --output {target} --resume)")
         info = {"run": str(target), "base_model": run["base_model"], "base_revision": run.get("base_revision")}
+        if run_dir.has_full_model() and not base:  # train.method=full: the run holds the model itself
+            return ModelSpec(replace(run_cfg.model, name=str(run_dir.model)), run["prompt_template"], None,
+                             "fine-tuned", info)
+        if not base and not run_dir.has_adapter():
+            raise ConvsumError(f"{target}: no trained weights yet (training not finished? resume with "
+                               f"convsum train --output {target} --resume)")
         model, adapter, template = run_cfg.model, run_dir.adapter, run["prompt_template"]
     elif target and is_convsum_model(target):
         meta = read_model_info(target)
         info, template = {"model_dir": str(target), "base_model": meta["base_model"]}, meta["prompt_template"]
-        if meta["kind"] == "merged" and not base:  # the merged folder itself, never re-quantized
+        if meta["kind"] in ("merged", "full") and not base:  # the folder itself, never re-quantized
             return ModelSpec(replace(cfg.model, name=target, load_in_4bit=False), template, None, "fine-tuned", info)
         model = replace(cfg.model, name=meta["base_model"])
         adapter = Path(target) if meta["kind"] == "adapter" else None

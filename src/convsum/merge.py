@@ -73,6 +73,9 @@ def main(run_dir: str, output: str, dtype: str = "float32") -> dict:
     run_folder = RunDir(run_dir)
     cfg, run = run_folder.read()
     adapter = run_folder.adapter
+    if run_folder.has_full_model():
+        raise ConvsumError(f"{run_dir} was fully fine-tuned (train.method=full): nothing to merge; "
+                           f"{run_folder.model} is already a standalone model for summarize, evaluate, serve and push")
     if not run_folder.has_adapter():
         raise ConvsumError(f"{run_dir}: no trained adapter ({run_folder.adapter_weights.relative_to(run_dir)} missing)")
     if Path(output).exists():

@@ -78,27 +78,86 @@ def score_pairs(
         raise ConvsumError(f"{len(names)} reference names for {k} references per example")
 
     per_example = [example_scores(p, refs) for p, refs in zip(predictions, references)]
+    columns = {name: {key: [ex[key][i] for ex in per_example] for key in KEYS} for i, name in enumerate(names)}
+    columns["mean"] = {key: [statistics.fmean(ex[key]) for ex in per_example] for key in KEYS}
+    columns["best"] = {key: [max(ex[key]) for ex in per_example] for key in KEYS}
     return {
         "n": len(predictions),
-        "per_reference": {
-            name: {key: _mean([ex[key][i] for ex in per_example]) for key in KEYS}
-            for i, name in enumerate(names)
-        },
-        "mean": {key: _mean([statistics.fmean(ex[key]) for ex in per_example]) for key in KEYS},
-        "best": {key: _mean([max(ex[key]) for ex in per_example]) for key in KEYS},
+        "per_reference": {name: {key: _mean(columns[name][key]) for key in KEYS} for name in names},
+        "mean": {key: _mean(columns["mean"][key]) for key in KEYS},
+        "best": {key: _mean(columns["best"][key]) for key in KEYS},
+        # 95% percentile bootstrap over dialogues: how much the score moves with the sample of dialogues.
+        "ci95": {col: {key: bootstrap_interval(v) for key, v in by_key.items()} for col, by_key in columns.items()},
         "gen_length_words": _mean([len(p.split()) for p in predictions]),
+        "ref_length_words": _mean([len(r.split()) for refs in references for r in refs]),
     }
 
 
-def _column(metrics: dict, ref: str) -> tuple[str, dict]:
-    """(label, scores) for one reference set; falls back to what exists for single-reference data."""
-    per_ref = metrics["per_reference"]
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def _resample_means(values, resamples: int, seed: int):
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(v), size=(resamples, len(v)))
+    return v[idx].mean(axis=1)
+
+
+def bootstrap_interval(values: list[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> list[float]:
+    """95% percentile-bootstrap interval of the mean of `values` (resampling examples)."""
+    import numpy as np
+
+    lo, hi = np.percentile(_resample_means(values, resamples, seed), [2.5, 97.5])
+    return [round(float(lo), 4), round(float(hi), 4)]
+
+
+def paired_bootstrap(a: list[float], b: list[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+    """Compare two systems on the same examples: mean of a - b, its 95% interval, and the share of
+    resamples in which a scores higher (the same resampled examples for both)."""
+    import numpy as np
+
+    if len(a) != len(b) or not a:
+        raise ConvsumError(f"paired bootstrap needs the same examples for both systems ({len(a)} vs {len(b)})")
+    diffs = _resample_means([x - y for x, y in zip(a, b)], resamples, seed)
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return {"mean_diff": round(statistics.fmean(a) - statistics.fmean(b), 4), "ci95": [round(float(lo), 4),
+            round(float(hi), 4)], "a_wins": round(float((diffs > 0).mean()), 4), "n": len(a), "resamples": resamples}
+
+
+def compare_systems(a: list[str], b: list[str], references: list[list[str]]) -> dict[str, dict]:
+    """Paired bootstrap of system A against system B per ROUGE key, on each example's mean over its
+    references: {key: {"a", "b", "mean_diff", "ci95", "a_wins", ...}}."""
+    if not (len(a) == len(b) == len(references)):
+        raise ConvsumError(f"{len(a)} and {len(b)} predictions for {len(references)} examples")
+    sa = [example_scores(p, refs) for p, refs in zip(a, references)]
+    sb = [example_scores(p, refs) for p, refs in zip(b, references)]
+    out = {}
+    for key in KEYS:
+        xa, xb = [statistics.fmean(e[key]) for e in sa], [statistics.fmean(e[key]) for e in sb]
+        out[key] = {"a": _mean(xa), "b": _mean(xb), **paired_bootstrap(xa, xb)}
+    return out
+
+
+def format_comparison(comparison: dict[str, dict], a: str, b: str) -> str:
+    lines = [f"{'':<7}{'A':>7}{'B':>7}{'A - B':>8}   {'95% CI of A - B':<18}{'A wins':>7}",
+             *(f"{_LABELS[k]:<7}{c['a']:7.2f}{c['b']:7.2f}{c['mean_diff']:+8.2f}   "
+               f"[{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]{'':<3}{100 * c['a_wins']:6.1f}%" for k, c in comparison.items()),
+             f"A = {a}, B = {b}; {next(iter(comparison.values()))['n']} dialogues, mean over references; paired "
+             f"bootstrap ({BOOTSTRAP_RESAMPLES} resamples of dialogues); 'A wins' = share of resamples where A > B"]
+    return "\n".join(lines)
+
+
+def _column(metrics: dict, ref: str) -> tuple[str, dict, dict | None]:
+    """(label, scores, 95% intervals) for one reference set; falls back to what exists for
+    single-reference data."""
+    per_ref, ci = metrics["per_reference"], metrics.get("ci95", {})
     if len(per_ref) == 1 or (ref not in ("mean", "best") and ref not in per_ref):
         name, scores = next(iter(per_ref.items()))
-        return f"vs {name}", scores
+        return f"vs {name}", scores, ci.get(name)
     if ref in ("mean", "best"):
-        return f"{ref} of {len(per_ref)}", metrics[ref]
-    return f"vs {ref}", per_ref[ref]
+        return f"{ref} of {len(per_ref)}", metrics[ref], ci.get(ref)
+    return f"vs {ref}", per_ref[ref], ci.get(ref)
 
 
 def table_refs(results: dict) -> tuple[str, ...]:
@@ -111,6 +170,7 @@ def format_table(rows: dict[str, dict], refs=("summary1", "mean")) -> str:
     """Plain-text table: one row per model, R1/R2/RL/RLsum (1 decimal) per chosen reference set."""
     first = next(iter(rows.values()))
     labels = list(dict.fromkeys(_column(first, ref)[0] for ref in refs))  # dedupe, keep order
+    with_ci = any("ci95" in m for m in rows.values())
     name_w = max(len("model"), *(len(name) for name in rows))
     group_w = 6 * len(KEYS)
     lines = [
@@ -118,10 +178,16 @@ def format_table(rows: dict[str, dict], refs=("summary1", "mean")) -> str:
         " " * name_w + f" | {''.join(f'{_LABELS[k]:>6}' for k in KEYS)}" * len(labels),
     ]
     for name, metrics in rows.items():
-        cells = {label: scores for label, scores in (_column(metrics, ref) for ref in refs)}
-        groups = []
+        cells = {label: (scores, ci) for label, scores, ci in (_column(metrics, ref) for ref in refs)}
+        groups, halves = [], []
         for label in labels:
-            scores = cells.get(label)
+            scores, ci = cells.get(label, (None, None))
             groups.append("".join(f"{scores[k]:6.1f}" if scores else f"{'-':>6}" for k in KEYS))
+            halves.append("".join(f"{'±' + format((ci[k][1] - ci[k][0]) / 2, '.1f'):>6}" if ci else f"{'':>6}"
+                                  for k in KEYS))
         lines.append(name.ljust(name_w) + "".join(f" | {g}" for g in groups))
+        if with_ci:
+            lines.append(" " * name_w + "".join(f" | {h}" for h in halves))
+    if with_ci:
+        lines.append("(± = half the width of the 95% bootstrap interval over dialogues; bounds in metrics.json)")
     return "\n".join(line.rstrip() for line in lines)

@@ -24,11 +24,13 @@ def stage_upload(folder: Path, out: Path, repo_id: str = "PATH_OR_REPO_ID") -> s
     """Copy the files to publish into `out`, with a generated README.md; returns the kind."""
     card = card_inputs(folder)
     kind = card.kind
-    src = RunDir(folder).adapter if kind == "adapter" and is_run(folder) else folder
+    src = folder
+    if is_run(folder):
+        src = RunDir(folder).model if kind == "full" else RunDir(folder).adapter
     needed = (ADAPTER_WEIGHTS, ADAPTER_CONFIG) if kind == "adapter" else ("config.json",)
     for name in needed:
         if not (src / name).is_file():
-            raise ConvsumError(f"{folder}: {src.relative_to(folder) / name if src != folder else name} missing "
+            raise ConvsumError(f"{folder}: {(src / name).relative_to(folder)} missing "
                                f"({'no trained adapter yet?' if kind == 'adapter' else 'incomplete model folder'})")
     for p in src.iterdir():
         if p.is_file() and p.name != "README.md":

@@ -5,6 +5,7 @@ This module is the only place that knows the layout; every stage goes through `R
     RUN/config.yaml          resolved config (default < YAML < CLI)
     RUN/run.json             base model id + revision/hash, prompt template, data split used
     RUN/adapter/             PEFT adapter (safetensors) + convsum.json (template, base, decoding)
+    RUN/model/               instead of adapter/ when train.method=full: the whole fine-tuned model
     RUN/checkpoints/         checkpoint-N folders (written atomically)
     RUN/log.jsonl            step, loss, lr, tokens/s, eval loss
     RUN/train_summary.json   totals at the end of training
@@ -77,6 +78,7 @@ class RunDir:
     summary = property(lambda self: self.path / "train_summary.json")
     adapter = property(lambda self: self.path / "adapter")
     adapter_weights = property(lambda self: self.path / "adapter" / ADAPTER_WEIGHTS)
+    model = property(lambda self: self.path / "model")  # train.method=full: the trained model itself
     checkpoints = property(lambda self: self.path / "checkpoints")
 
     def is_run(self) -> bool:
@@ -87,6 +89,9 @@ class RunDir:
 
     def has_adapter(self) -> bool:
         return self.adapter_weights.is_file()
+
+    def has_full_model(self) -> bool:
+        return (self.model / MODEL_INFO).is_file()
 
     def has_checkpoint(self) -> bool:
         return self.checkpoints.is_dir() and any(self.checkpoints.glob("checkpoint-*"))

@@ -79,7 +79,7 @@ class Batcher:
                 s = self.summarizers[model]
                 try:
                     self.model_calls += 1
-                    outs = await loop.run_in_executor(None, lambda: s.generate_ids([j.prompt for j in jobs], mnt, beams))
+                    outs = await loop.run_in_executor(None, lambda: s.generate_ids([j.prompt for j in jobs], max_new_tokens=mnt, num_beams=beams))
                     for j, ids in zip(jobs, outs):
                         if not j.future.done():
                             j.future.set_result(ids)

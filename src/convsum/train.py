@@ -20,13 +20,15 @@ import resource
 import shutil
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
 from convsum import data as data_stage
 from convsum import fastpath
@@ -40,9 +42,21 @@ from convsum.rundir import RunDir, write_model_info
 
 
 class SummaryTrainer(Trainer):
-    def __init__(self, *args, summary_only_logits: bool = True, fused_loss: bool = True, **kwargs):
+    def __init__(self, *args, summary_only_logits: bool = True, fused_loss: bool = True, held_out_rouge=None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.summary_only_logits, self.fused_loss = summary_only_logits, fused_loss
+        self.held_out_rouge = held_out_rouge  # model -> {"rougeL": ...}: summaries of the held-out slice scored
+
+    def evaluation_loop(self, *args, **kwargs):
+        # Held-out ROUGE joins the eval loss in the same metrics dict, so logging, best-checkpoint
+        # tracking (metric_for_best_model="eval_rougeL") and early stopping see it like any metric.
+        out = super().evaluation_loop(*args, **kwargs)
+        if self.held_out_rouge is not None:
+            prefix = kwargs.get("metric_key_prefix", "eval")
+            out.metrics.update({f"{prefix}_{k}": v for k, v in
+                                self.held_out_rouge(self.accelerator.unwrap_model(self.model)).items()})
+        return out
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.summary_only_logits:
@@ -91,16 +105,24 @@ class SummaryTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self.args.output_dir = root
+        name = f"checkpoint-{self.state.global_step}"
+        if self.state.best_global_step:
+            # The Trainer looked for the best checkpoint inside the staging folder; point it at its real
+            # place (where it is, or will be after the rename below) before the state is final.
+            self.state.best_model_checkpoint = os.path.join(root, f"checkpoint-{self.state.best_global_step}")
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(staging, name, TRAINER_STATE_NAME))
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            name = f"checkpoint-{self.state.global_step}"
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
             os.replace(os.path.join(staging, name), os.path.join(root, name))
             shutil.rmtree(staging, ignore_errors=True)
-            from transformers.trainer_utils import rotate_checkpoints
-
-            rotate_checkpoints(output_dir=root, save_total_limit=self.args.save_total_limit, use_mtime=False)
+            rotate_checkpoints(output_dir=root, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
         self.accelerator.wait_for_everyone()
+
+
+_TIMING = ("_runtime", "_per_second")  # the Trainer's eval timing keys; tokens/s is logged instead
 
 
 class RunLog(TrainerCallback):
@@ -127,8 +149,7 @@ class RunLog(TrainerCallback):
             row.update(loss=logs["loss"], lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
                        tokens_per_s=round((tokens - self.last_tokens) / dt, 1) if dt > 0 else None)
             self.last_time, self.last_tokens = now, tokens
-        if "eval_loss" in logs:
-            row["eval_loss"] = logs["eval_loss"]
+        row.update({k: v for k, v in logs.items() if k.startswith("eval_") and not k.endswith(_TIMING)})
         if len(row) > 2:
             row["time"] = round(time.time(), 3)
             with open(self.path, "a", encoding="utf-8") as f:
@@ -156,7 +177,8 @@ class Progress(ProgressCallback):
         if dt > 0:
             post["tok/s"] = f"{(state.num_input_tokens_seen - self.tok0) / dt:.0f}"
         if "eval_loss" in logs:
-            self.training_bar.write(f"step {state.global_step}: eval_loss {logs['eval_loss']:.4f}")
+            rouge = f", ROUGE-L {logs['eval_rougeL']:.1f}" if "eval_rougeL" in logs else ""
+            self.training_bar.write(f"step {state.global_step}: eval_loss {logs['eval_loss']:.4f}{rouge}")
         self.training_bar.set_postfix(post, refresh=True)
 
 
@@ -205,22 +227,45 @@ class ReleaseMemory(TrainerCallback):
     on_evaluate = on_step_end  # held-out batches fragment the heap the same way
 
 
-def prepare_examples(cfg: Config, tokenizer) -> tuple[str, list[dict], list[dict], int]:
-    """(split used, train examples, held-out examples, truncated count), tokenized with the one template."""
-    split, train_records, held_out = data_stage.train_and_held_out(cfg)
+def tokenize_examples(cfg: Config, tokenizer, records) -> tuple[list[dict], int]:
+    """Training examples (prompt + summary + EOS, prompt masked) with the one template; and how many
+    dialogues were truncated to fit data.max_length."""
     fmt = PromptFormatter(tokenizer, cfg.prompt.template)
-    truncated = 0
+    out, truncated = [], 0
+    for r in records:
+        ex = fmt.build_train(r.dialogue, r.summary, cfg.data.max_length)
+        truncated += ex.truncated
+        out.append({"input_ids": ex.input_ids, "labels": ex.labels, "length": len(ex.input_ids)})
+    return out, truncated
 
-    def build(records):
-        nonlocal truncated
-        out = []
-        for r in records:
-            ex = fmt.build_train(r.dialogue, r.summary, cfg.data.max_length)
-            truncated += ex.truncated
-            out.append({"input_ids": ex.input_ids, "labels": ex.labels, "length": len(ex.input_ids)})
-        return out
 
-    return split, build(train_records), build(held_out), truncated
+def prepare_examples(cfg: Config, tokenizer) -> tuple[str, list[dict], list[dict], int]:
+    """(split used, train examples, held-out examples, truncated count)."""
+    split, train_records, held_out = data_stage.train_and_held_out(cfg)
+    (train_ex, t1), (val_ex, t2) = tokenize_examples(cfg, tokenizer, train_records), \
+        tokenize_examples(cfg, tokenizer, held_out)
+    return split, train_ex, val_ex, t1 + t2
+
+
+def held_out_scorer(cfg: Config, tokenizer, records, bf16: bool):
+    """model -> held-out ROUGE of its greedy summaries (mean over references), for train.select_by=rougeL.
+    Greedy whatever generate.strategy says: selection needs a cheap, deterministic score."""
+    from convsum import metrics
+    from convsum.evaluate import generate_sharded
+    from convsum.generate import Summarizer
+
+    gen = replace(cfg.generate, strategy="greedy", num_beams=1, bf16="true" if bf16 else "false")
+    dialogues, refs = [r.dialogue for r in records], [r.references for r in records]
+
+    def score(model) -> dict[str, float]:
+        was_training = model.training
+        preds = generate_sharded(Summarizer(model, tokenizer, cfg.prompt.template, gen, "held-out"), dialogues,
+                                 "held-out summaries")
+        model.train(was_training)
+        m = metrics.score_pairs(preds, refs)
+        return {**m["mean"], "gen_length_words": m["gen_length_words"]}
+
+    return score
 
 
 def training_arguments(cfg: Config, ckpt_dir: Path, has_eval: bool, bf16: bool) -> TrainingArguments:
@@ -238,6 +283,9 @@ def training_arguments(cfg: Config, ckpt_dir: Path, has_eval: bool, bf16: bool) 
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         logging_strategy="steps", logging_steps=t.logging_steps, report_to=t.report_to or "none",
         include_num_input_tokens_seen="non_padding",  # real tokens over all processes, for tokens/s
+        load_best_model_at_end=t.select_by != "last" and eval_every is not None,
+        metric_for_best_model={"eval_loss": "eval_loss", "rougeL": "eval_rougeL"}.get(t.select_by),
+        greater_is_better=t.select_by == "rougeL",
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=False,
         use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient; skip DDP's extra graph walk
@@ -245,7 +293,7 @@ def training_arguments(cfg: Config, ckpt_dir: Path, has_eval: bool, bf16: bool) 
 
 
 def build_trainer(cfg: Config, model, tokenizer, train_ex: list[dict], val_ex: list[dict], args: TrainingArguments,
-                  log_path: Path) -> tuple[SummaryTrainer, StopOnInterrupt]:
+                  log_path: Path, held_out_rouge=None) -> tuple[SummaryTrainer, StopOnInterrupt]:
     """The configured Trainer (also used by bench/train_throughput.py, so the bench times exactly this)."""
     from datasets import Dataset
 
@@ -259,7 +307,12 @@ def build_trainer(cfg: Config, model, tokenizer, train_ex: list[dict], val_ex: l
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
         callbacks=[RunLog(log_path), stopper, ReleaseMemory()],
         summary_only_logits=cfg.train.summary_only_logits, fused_loss=cfg.train.fused_loss,
+        held_out_rouge=held_out_rouge,
     )
+    if cfg.train.early_stopping_patience and args.load_best_model_at_end:
+        from transformers import EarlyStoppingCallback
+
+        trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(Progress())
     return trainer, stopper
@@ -279,7 +332,12 @@ def main(cfg: Config, resume: bool = False) -> dict:
 
     with state.main_process_first():  # the bundled model is converted once, by one process
         tokenizer = load_tokenizer(cfg.model)
-    split, train_ex, val_ex, truncated = prepare_examples(cfg, tokenizer)
+    split, train_records, held_out = data_stage.train_and_held_out(cfg)
+    (train_ex, t1), (val_ex, t2) = tokenize_examples(cfg, tokenizer, train_records), \
+        tokenize_examples(cfg, tokenizer, held_out)
+    truncated = t1 + t2
+    if cfg.train.select_by != "last" and not val_ex:
+        raise ConvsumError(f"train.select_by={cfg.train.select_by} needs a held-out slice, and this one is empty")
     _, base_revision = resolve(cfg.model)
     bf16 = bf16_enabled(cfg.train.bf16)
     args = training_arguments(cfg, run.checkpoints, bool(val_ex), bf16)
@@ -289,9 +347,10 @@ def main(cfg: Config, resume: bool = False) -> dict:
         save_config(cfg, run.config)
         atomic_write_json(run.info, {
             "base_model": cfg.model.name, "base_revision": base_revision, "prompt_template": cfg.prompt.template,
-            "data_source": cfg.data.source, "train_split": split, "held_out": len(val_ex),
-            "held_out_from": split, "train_examples": len(train_ex), "truncated_dialogues": truncated,
-            "effective_batch": effective_batch, "num_processes": state.num_processes, "bf16": bf16,
+            "method": cfg.train.method, "data_source": cfg.data.source, "train_split": split,
+            "held_out": len(val_ex), "held_out_from": split, "train_examples": len(train_ex),
+            "truncated_dialogues": truncated, "effective_batch": effective_batch,
+            "num_processes": state.num_processes, "bf16": bf16,
         })
         print(f"convsum: {len(train_ex)} training examples from split {split!r}, {len(val_ex)} held out; "
               f"{truncated} dialogues truncated to fit data.max_length={cfg.data.max_length}")
@@ -299,14 +358,22 @@ def main(cfg: Config, resume: bool = False) -> dict:
             run.truncate_log(int(Path(last).name.split("-")[-1]))
 
     torch.manual_seed(cfg.train.seed)  # LoRA init must not depend on anything loaded before it
-    model = add_lora(load_model(cfg.model, for_training=True), cfg.lora)
+    model = load_model(cfg.model, for_training=True)
+    if cfg.train.method == "full":
+        if cfg.model.load_in_4bit:
+            raise ConvsumError("train.method=full cannot train 4-bit weights; set model.load_in_4bit=false")
+        model = make_trainable(model, cfg.train.freeze_embeddings)
+        what = "full fine-tuning" + (" (embeddings frozen)" if cfg.train.freeze_embeddings else "")
+    else:
+        model = add_lora(model, cfg.lora)
+        what = f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha} on {cfg.lora.target_modules}"
     n_train, n_total = trainable_parameters(model)
     if state.is_main_process:
-        print(f"convsum: LoRA r={cfg.lora.r} alpha={cfg.lora.alpha} on {cfg.lora.target_modules}: "
-              f"{n_train:,} trainable of {n_total:,} parameters ({100 * n_train / n_total:.2f}%); "
+        print(f"convsum: {what}: {n_train:,} trainable of {n_total:,} parameters ({100 * n_train / n_total:.2f}%); "
               f"effective batch {effective_batch}; bf16 {'on' if bf16 else 'off'}")
 
-    trainer, stopper = build_trainer(cfg, model, tokenizer, train_ex, val_ex, args, run.log)
+    scorer = held_out_scorer(cfg, tokenizer, held_out, bf16) if cfg.train.select_by == "rougeL" else None
+    trainer, stopper = build_trainer(cfg, model, tokenizer, train_ex, val_ex, args, run.log, scorer)
     stopper.install()
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last if resume else None)
@@ -317,13 +384,17 @@ def main(cfg: Config, resume: bool = False) -> dict:
                   f"Resume with: convsum train --output {run.path} --resume")
         return {"interrupted": True, "step": trainer.state.global_step}
 
-    evals = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
-    eval_loss = (evals[-1]["eval_loss"] if evals else trainer.evaluate()["eval_loss"]) if val_ex else None
+    # The step whose weights the run keeps: the last, or the best evaluated one (loaded back by the Trainer).
+    kept_step = (trainer.state.best_global_step if args.load_best_model_at_end else None) or trainer.state.global_step
+    evals = {h["step"]: h for h in trainer.state.log_history if "eval_loss" in h}
+    kept = (evals.get(kept_step) or trainer.evaluate()) if val_ex else {}
     run_log = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, RunLog))
     tokens = trainer.state.num_input_tokens_seen - run_log.session_start_tokens
     summary = {
         "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0.0, 4),
-        "train_loss": result.training_loss, "eval_loss": eval_loss, "train_runtime_s": round(elapsed, 1),
+        "kept_step": kept_step, "select_by": cfg.train.select_by, "method": cfg.train.method,
+        "train_loss": result.training_loss, "eval_loss": kept.get("eval_loss"),
+        "eval_rougeL": kept.get("eval_rougeL"), "train_runtime_s": round(elapsed, 1),
         "tokens_this_session": tokens, "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
         "resumed_from": last if resume else None, "train_split": split, "train_examples": len(train_ex),
         "held_out": len(val_ex), "truncated_dialogues": truncated, "effective_batch": effective_batch,
@@ -331,12 +402,41 @@ def main(cfg: Config, resume: bool = False) -> dict:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     if state.is_main_process:
-        with atomic_dir(run.adapter) as tmp:
-            trainer.model.save_pretrained(tmp, safe_serialization=True)
-            write_model_info(tmp, cfg, base_revision, kind="adapter")
+        if cfg.train.method == "full":
+            save_full_model(trainer.model, tokenizer, cfg, base_revision, run.model)
+        else:
+            with atomic_dir(run.adapter) as tmp:
+                trainer.model.save_pretrained(tmp, safe_serialization=True)
+                write_model_info(tmp, cfg, base_revision, kind="adapter")
         atomic_write_json(run.summary, summary)
+        eval_loss = summary["eval_loss"]
         ppl = f" (perplexity {math.exp(eval_loss):.2f})" if eval_loss is not None and eval_loss < 50 else ""
-        print(f"convsum: trained {summary['steps']} steps in {elapsed / 60:.1f} min, "
-              f"{summary['tokens_per_s']} tokens/s; held-out loss {eval_loss}{ppl}; adapter in {run.adapter}")
+        rouge = f", ROUGE-L {summary['eval_rougeL']:.1f}" if summary["eval_rougeL"] is not None else ""
+        print(f"convsum: trained {summary['steps']} steps in {elapsed / 60:.1f} min, {summary['tokens_per_s']} "
+              f"tokens/s; kept step {kept_step} ({cfg.train.select_by}): held-out loss {eval_loss}{ppl}{rouge}; "
+              f"{'model' if cfg.train.method == 'full' else 'adapter'} in "
+              f"{run.model if cfg.train.method == 'full' else run.adapter}")
     state.wait_for_everyone()
     return summary
+
+
+def make_trainable(model, freeze_embeddings: bool):
+    """Full fine-tuning: every weight trains, except (optionally) the input embedding and a head tied to it."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+        head = model.get_output_embeddings()
+        if head is not None:
+            head.weight.requires_grad_(False)
+    return model
+
+
+def save_full_model(model, tokenizer, cfg: Config, base_revision: str | None, folder: Path) -> None:
+    """A standalone model folder (safetensors, tokenizer, generation config, convsum.json)."""
+    fastpath.retie_head(model)  # the CPU fast path gave a tied head its own bf16 copy; save the tied original
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        cfg.generate.generation_config(tokenizer).save_pretrained(tmp)
+        write_model_info(tmp, cfg, base_revision, kind="full", extra={"config": cfg.to_dict()})

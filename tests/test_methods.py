@@ -1,0 +1,105 @@
+"""Training methods beyond plain LoRA: full fine-tuning, held-out ROUGE selection with early stopping."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from convsum import cli, train
+from convsum.errors import ConvsumError
+from convsum.rundir import RunDir
+
+
+def _weights(run):
+    return load_file(str(RunDir(run).model / "model.safetensors"))
+
+
+def test_full_fine_tuning_resumes_after_a_kill_with_the_same_weights(tiny_cfg, tmp_path, monkeypatch):
+    from test_train import Crash
+
+    tiny_cfg.train.method = "full"
+    tiny_cfg.train.learning_rate = 1e-3
+    tiny_cfg.train.output_dir = str(tmp_path / "full")
+    summary = train.main(tiny_cfg)
+    assert summary["method"] == "full" and summary["trainable_parameters"] < summary["total_parameters"]
+    full = _weights(tmp_path / "full")
+
+    tiny_cfg.train.output_dir = str(tmp_path / "killed")
+    orig = train.SummaryTrainer.__init__
+
+    def with_crash(self, *a, **k):
+        orig(self, *a, **k)
+        self.add_callback(Crash(5))
+
+    monkeypatch.setattr(train.SummaryTrainer, "__init__", with_crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        train.main(tiny_cfg)
+    monkeypatch.setattr(train.SummaryTrainer, "__init__", orig)
+    assert train.main(tiny_cfg, resume=True)["resumed_from"].endswith("checkpoint-3")
+    resumed = _weights(tmp_path / "killed")
+    assert resumed.keys() == full.keys()
+    for k in full:
+        torch.testing.assert_close(resumed[k], full[k], rtol=0, atol=1e-6)
+    # the embedding stayed frozen: equal to the base model's
+    from convsum.modeling import load_model
+
+    base = load_model(tiny_cfg.model).get_input_embeddings().weight
+    emb = next(v for k, v in full.items() if "embed_tokens" in k)
+    assert torch.equal(emb, base.detach())
+
+
+def test_a_full_run_is_used_like_a_merged_model(tiny_cfg, tmp_path, data_dir, capsys):
+    tiny_cfg.train.method = "full"
+    tiny_cfg.train.max_steps = 2
+    train.main(tiny_cfg)
+    run = tiny_cfg.train.output_dir
+    assert not RunDir(run).adapter.exists() and RunDir(run).has_full_model()
+    assert cli.main(["evaluate", run, "--data", str(data_dir), "--split", "test", "--limit", "2"]) == 0
+    assert RunDir(run).eval_dir("test", 2).read_metrics()["model"] == "fine-tuned"
+    assert cli.main(["merge", run, "--output", str(tmp_path / "m")]) == 2
+    assert "nothing to merge" in capsys.readouterr().err and not (tmp_path / "m").exists()
+    assert cli.main(["push", run, "--repo-id", "me/x", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "model.safetensors" in out and "fully fine-tuned model" in out and "library_name: transformers" in out
+
+
+def test_select_by_rouge_keeps_the_best_checkpoint_and_stops_early(tiny_cfg, monkeypatch):
+    """A scripted held-out ROUGE-L peaks at the 2nd evaluation: the run keeps that step and stops
+    after `early_stopping_patience` evaluations without improvement."""
+    scores = iter([10.0, 30.0, 20.0, 15.0, 12.0, 11.0])
+    monkeypatch.setattr(train, "held_out_scorer", lambda *a, **k: lambda model: {"rougeL": next(scores)})
+    tiny_cfg.train.max_steps = 12
+    tiny_cfg.train.eval_steps = 2
+    tiny_cfg.train.save_steps = 2
+    tiny_cfg.train.select_by = "rougeL"
+    tiny_cfg.train.early_stopping_patience = 2
+    summary = train.main(tiny_cfg)
+    assert summary["kept_step"] == 4 and summary["eval_rougeL"] == 30.0
+    assert summary["steps"] == 8  # evaluations at 6 and 8 did not improve: stopped
+    log = RunDir(tiny_cfg.train.output_dir).read_log()
+    assert [r["eval_rougeL"] for r in log if "eval_rougeL" in r] == [10.0, 30.0, 20.0, 15.0]
+    kept = load_file(str(RunDir(tiny_cfg.train.output_dir).adapter_weights))
+    best = load_file(str(RunDir(tiny_cfg.train.output_dir).checkpoints / "checkpoint-4" / "adapter_model.safetensors"))
+    for k in kept:
+        torch.testing.assert_close(kept[k], best[k.replace(".default", "")] if k not in best else best[k])
+
+
+def test_select_by_rouge_really_generates_on_the_held_out_slice(tiny_cfg):
+    tiny_cfg.train.max_steps = 2
+    tiny_cfg.train.eval_steps = 2
+    tiny_cfg.train.save_steps = 2
+    tiny_cfg.train.select_by = "rougeL"
+    summary = train.main(tiny_cfg)
+    log = [r for r in RunDir(tiny_cfg.train.output_dir).read_log() if "eval_rougeL" in r]
+    assert len(log) == 1 and 0 <= log[0]["eval_rougeL"] <= 100 and summary["eval_rougeL"] == log[0]["eval_rougeL"]
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ({"train.select_by": "rougeL", "train.save_steps": 3, "train.eval_steps": 2}, "multiple"),
+    ({"train.early_stopping_patience": 2}, "needs train.select_by"),
+    ({"train.select_by": "eval_loss", "train.save_steps": 50, "data.val_size": 0}, "needs a held-out slice"),
+])
+def test_selection_settings_are_checked(bad, msg):
+    from convsum.config import load_config
+
+    with pytest.raises(ConvsumError, match=msg):
+        load_config(None, bad)
