@@ -33,20 +33,26 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}"
+                 "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>assistant\n{% endif %}")
+
+
+def build_tiny_model(out: Path, chat: bool = False) -> Path:
+    """A tiny random Gemma-3 model with a byte-level BPE tokenizer trained here (chat: with turn tokens
+    and a Gemma-style chat template)."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
     import torch
 
-    out = tmp_path_factory.mktemp("tiny-gemma")
     corpus = [r["dialogue"] + "\n" + r["summary"] for r in make_records(64)]
     corpus += ["Summarize the following conversation.\n\n### Conversation:\n\n\n### Summary:\n"] * 4
+    special = ["<pad>", "<eos>", "<bos>", "<unk>"] + (["<start_of_turn>", "<end_of_turn>"] if chat else [])
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1,
-                            special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"])
+    bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1, special_tokens=special)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<pad>", eos_token="<eos>",
                                   bos_token="<bos>", unk_token="<unk>")
+    if chat:
+        tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(out)
     cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
@@ -56,6 +62,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     model = Gemma3ForCausalLM(cfg)
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-gemma"))
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-gemma-chat"), chat=True)
 
 
 @pytest.fixture

@@ -103,3 +103,22 @@ def test_selection_settings_are_checked(bad, msg):
 
     with pytest.raises(ConvsumError, match=msg):
         load_config(None, bad)
+
+
+@pytest.mark.parametrize("variant", ["use_dora", "use_rslora"])
+@pytest.mark.parametrize("bf16", ["false", "true"])  # true: the CPU fast path (bf16 frozen weights, LoraDropout)
+def test_peft_variants_train_and_generate(tiny_cfg, variant, bf16):
+    import json
+
+    from convsum.generate import load_summarizer
+
+    setattr(tiny_cfg.lora, variant, True)
+    tiny_cfg.train.bf16 = bf16
+    tiny_cfg.lora.dropout = 0.1
+    tiny_cfg.train.max_steps = 3
+    summary = train.main(tiny_cfg)
+    assert summary["train_loss"] == summary["train_loss"]  # not NaN
+    adapter_cfg = json.loads((RunDir(tiny_cfg.train.output_dir).adapter / "adapter_config.json").read_text())
+    assert adapter_cfg[variant] is True
+    s = load_summarizer(tiny_cfg.train.output_dir, tiny_cfg)
+    assert len(s(["#Person1#: Hello, I am Tom.\n#Person2#: Hi Tom."])) == 1

@@ -56,3 +56,30 @@ def test_collate_left_pads_and_aligns_labels_at_the_end():
     assert batch["labels"].tolist() == [[-100, 6, 7], [-100, -100, 9]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
     assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 1]]
+
+
+def test_chat_format_uses_the_tokenizer_template_and_ends_at_end_of_turn(tiny_chat_model_dir):
+    from convsum.modeling import load_tokenizer
+    from convsum.config import ModelConfig, DEFAULT_TEMPLATE
+
+    tok = load_tokenizer(ModelConfig(name=str(tiny_chat_model_dir)))
+    fmt = PromptFormatter(tok, DEFAULT_TEMPLATE, "chat")
+    dialogue = "#Person1#: Hello, I am Tom.\n#Person2#: Hi Tom."
+    ids, truncated = fmt.prompt_ids(dialogue, 512)
+    rendered = tok.apply_chat_template([{"role": "user", "content": DEFAULT_TEMPLATE.format(dialogue=dialogue)}],
+                                       tokenize=False, add_generation_prompt=True)
+    assert tok.decode(ids) == rendered and not truncated
+    assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
+    eot = tok.convert_tokens_to_ids("<end_of_turn>")
+    assert fmt.eos == eot and fmt.stop_ids == [eot, tok.eos_token_id]
+    ex = fmt.build_train(dialogue, "Tom says hello.", 256)
+    learned = [t for t in ex.labels if t != -100]
+    assert learned[-1] == eot and tok.decode(learned[:-1]) == "Tom says hello."
+
+
+def test_chat_format_needs_a_chat_template(tiny_model_dir):
+    from convsum.modeling import load_tokenizer
+    from convsum.config import ModelConfig, DEFAULT_TEMPLATE
+
+    with pytest.raises(ConvsumError, match="no chat template"):
+        PromptFormatter(load_tokenizer(ModelConfig(name=str(tiny_model_dir))), DEFAULT_TEMPLATE, "chat")

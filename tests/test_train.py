@@ -153,9 +153,14 @@ def test_resume_without_checkpoint_is_an_error(tiny_cfg):
         train.main(tiny_cfg, resume=True)
 
 
-def test_eos_is_learned_and_generation_stops_by_itself(tiny_cfg):
+@pytest.mark.parametrize("chat", [False, True])  # chat: the end-of-turn token of the chat template
+def test_eos_is_learned_and_generation_stops_by_itself(tiny_cfg, tiny_chat_model_dir, chat):
     """Overfit a tiny model on 4 examples: it must reproduce the summaries and stop at EOS."""
     from convsum.generate import load_summarizer
+
+    if chat:
+        tiny_cfg.model.name = str(tiny_chat_model_dir)
+        tiny_cfg.prompt.format = "chat"
 
     tiny_cfg.data.val_size = 0
     tiny_cfg.data.max_train_examples = 4
@@ -176,7 +181,8 @@ def test_eos_is_learned_and_generation_stops_by_itself(tiny_cfg):
     outs = s.generate_ids(prompts)
     for ex, out in zip(exs, outs):
         target = [t for t in ex["labels"] if t != -100]
-        assert out + [s.tokenizer.eos_token_id] == target  # stopped right after the summary
+        assert out + [s.fmt.eos] == target  # stopped right after the summary
+        assert s.fmt.eos == (s.tokenizer.convert_tokens_to_ids("<end_of_turn>") if chat else s.tokenizer.eos_token_id)
         assert len(out) < tiny_cfg.generate.max_new_tokens
 
 

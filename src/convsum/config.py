@@ -75,6 +75,10 @@ class DataConfig:
 class PromptConfig:
     template: str = _f(DEFAULT_TEMPLATE, "Prompt with a `{dialogue}` placeholder; the target is the summary + EOS. "
                        "Saved with the adapter and reused by evaluate, summarize and serve.")
+    format: Literal["template", "chat"] = _f("template", "template: the text above is the whole prompt. chat: it "
+                                             "becomes the user turn of the tokenizer's own chat template (instruct "
+                                             "bases), the summary ends with the template's end-of-turn token, and "
+                                             "generation stops there.")
 
 
 @dataclass
@@ -83,6 +87,9 @@ class LoraConfig:
     alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r).")
     dropout: float = _f(0.05, "Dropout on the LoRA input.")
     target_modules: str | list[str] = _f("all-linear", "Modules to adapt: 'all-linear', 'attention', or a list of names.")
+    use_rslora: bool = _f(False, "Rank-stabilised LoRA (PEFT): scale alpha / sqrt(r) instead of alpha / r.")
+    use_dora: bool = _f(False, "DoRA (PEFT): learn each weight's magnitude apart from its LoRA direction; slower per "
+                        "step (see bench/RESULTS.md).")
 
 
 @dataclass
@@ -159,7 +166,7 @@ class GenerateConfig:
         validate_generate(g)
         return g
 
-    def generation_config(self, tokenizer):
+    def generation_config(self, tokenizer, stop_ids: list[int] | None = None):
         """The one transformers `GenerationConfig` every stage generates with. Set as the model's own
         generation config, so the base model's sampling defaults (e.g. Gemma's top_k/top_p) never leak
         in: decoding is deterministic; mbr's sampling is done by decoding.SeededSampler."""
@@ -167,7 +174,7 @@ class GenerateConfig:
 
         return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False,
                                 num_beams=self.num_beams if self.strategy == "beam" else 1,
-                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=stop_ids or tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                 bos_token_id=tokenizer.bos_token_id)
 
 

@@ -218,7 +218,7 @@ def _summ(xs: list[int]) -> str:
 def split_stats(records: list[Record], tokenizer, cfg: Config) -> dict:
     from convsum.prompt import PromptFormatter
 
-    fmt = PromptFormatter(tokenizer, cfg.prompt.template)
+    fmt = PromptFormatter(tokenizer, cfg.prompt.template, cfg.prompt.format)
     overhead = len(fmt.head) + len(fmt.tail) + 1  # instruction + EOS
     d_words = [len(r.dialogue.split()) for r in records]
     s_words = [len(ref.split()) for r in records for ref in r.references]

@@ -63,7 +63,7 @@ def evaluate_model(summarizer, records: list[Record], out: EvalDir | Path, split
     result.update(model=summarizer.name, **summarizer.info, split=split, time_s=round(elapsed, 1),
                   dialogues_per_min=round(60 * len(records) / elapsed, 1) if elapsed > 0 else None,
                   truncated_dialogues=summarizer.truncated, generate=summarizer.gen.settings(),
-                  prompt_template=summarizer.template)
+                  prompt_template=summarizer.template, prompt_format=summarizer.prompt_format)
     atomic_write_jsonl(out.predictions, (
         {"fname": r.id, "dialogue": r.dialogue, "prediction": p, "references": dict(zip(r.reference_names, r.references))}
         for r, p in zip(records, preds)))

@@ -37,11 +37,12 @@ class Summarizer:
     gen: GenerateConfig
     name: str
     info: dict = field(default_factory=dict)
+    prompt_format: str = "template"
 
     def __post_init__(self):
-        self.fmt = PromptFormatter(self.tokenizer, self.template)
+        self.fmt = PromptFormatter(self.tokenizer, self.template, self.prompt_format)
         self.model.eval()
-        self.model.generation_config = self.gen.generation_config(self.tokenizer)
+        self.model.generation_config = self.gen.generation_config(self.tokenizer, self.fmt.stop_ids)
         self.truncated = 0  # prompts whose dialogue was cut to fit generate.max_input_tokens
         self.candidates = 0  # sequences decoded by mbr (samples + greedy)
 
@@ -72,7 +73,7 @@ class Summarizer:
         ids, mask = left_pad(prompts, self.tokenizer.pad_token_id)
         device = next(self.model.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
-        kwargs = {"generation_config": gen.generation_config(self.tokenizer)}
+        kwargs = {"generation_config": gen.generation_config(self.tokenizer, self.fmt.stop_ids)}
         with self._autocast(device):
             if repeats > 1:
                 # One prefill per prompt: run it once, then decode `repeats` continuations from copies of
@@ -88,9 +89,8 @@ class Summarizer:
             out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         result = []
         for row in out[:, ids.shape[1]:].tolist():
-            if self.tokenizer.eos_token_id in row:
-                row = row[: row.index(self.tokenizer.eos_token_id)]
-            result.append([t for t in row if t != self.tokenizer.pad_token_id])
+            end = next((i for i, t in enumerate(row) if t in self.fmt.stop_ids), len(row))
+            result.append([t for t in row[:end] if t != self.tokenizer.pad_token_id])
         return result
 
     def _autocast(self, device):
@@ -125,6 +125,7 @@ class ModelSpec:
 
     model: ModelConfig  # the weights to load: a base model or a merged folder
     template: str
+    prompt_format: str
     adapter: Path | None  # a LoRA adapter to fold into `model`, if any
     name: str  # "fine-tuned" or "base"
     info: dict
@@ -137,8 +138,9 @@ def resolve_target(target: str | None, cfg: Config, base: bool = False) -> Model
         run_dir = RunDir(target)
         run_cfg, run = run_dir.read()
         info = {"run": str(target), "base_model": run["base_model"], "base_revision": run.get("base_revision")}
+        fmt = run_cfg.prompt.format
         if run_dir.has_full_model() and not base:  # train.method=full: the run holds the model itself
-            return ModelSpec(replace(run_cfg.model, name=str(run_dir.model)), run["prompt_template"], None,
+            return ModelSpec(replace(run_cfg.model, name=str(run_dir.model)), run["prompt_template"], fmt, None,
                              "fine-tuned", info)
         if not base and not run_dir.has_adapter():
             raise ConvsumError(f"{target}: no trained weights yet (training not finished? resume with "
@@ -147,16 +149,18 @@ def resolve_target(target: str | None, cfg: Config, base: bool = False) -> Model
     elif target and is_convsum_model(target):
         meta = read_model_info(target)
         info, template = {"model_dir": str(target), "base_model": meta["base_model"]}, meta["prompt_template"]
+        fmt = meta.get("prompt_format", "template")
         if meta["kind"] in ("merged", "full") and not base:  # the folder itself, never re-quantized
-            return ModelSpec(replace(cfg.model, name=target, load_in_4bit=False), template, None, "fine-tuned", info)
+            return ModelSpec(replace(cfg.model, name=target, load_in_4bit=False), template, fmt, None, "fine-tuned",
+                             info)
         model = replace(cfg.model, name=meta["base_model"])
         adapter = Path(target) if meta["kind"] == "adapter" else None
     else:
         model = replace(cfg.model, name=target) if target else cfg.model
-        info, adapter, template = {"base_model": model.name}, None, cfg.prompt.template
+        info, adapter, template, fmt = {"base_model": model.name}, None, cfg.prompt.template, cfg.prompt.format
     if base or adapter is None:
-        return ModelSpec(model, template, None, "base", info)
-    return ModelSpec(model, template, adapter, "fine-tuned", {**info, "adapter": str(adapter)})
+        return ModelSpec(model, template, fmt, None, "base", info)
+    return ModelSpec(model, template, fmt, adapter, "fine-tuned", {**info, "adapter": str(adapter)})
 
 
 def load_summarizer(target: str | None, cfg: Config, base: bool = False) -> Summarizer:
@@ -175,7 +179,7 @@ def load_summarizer(target: str | None, cfg: Config, base: bool = False) -> Summ
             # Folding LoRA into the weights makes generation exactly as fast as the base model.
             model = model.merge_and_unload()
     return Summarizer(model, tokenizer, spec.template, cfg.generate, spec.name,
-                      {**spec.info, "base_path": resolve(spec.model)[0]})
+                      {**spec.info, "base_path": resolve(spec.model)[0]}, spec.prompt_format)
 
 
 def read_dialogues(source: str, field_name: str) -> list[str]:

@@ -36,18 +36,19 @@ CHECK_DIALOGUES = [
 ]
 
 
-def check_equivalence(reference, merged, tokenizer, template: str, max_new_tokens: int = 24) -> dict:
+def check_equivalence(reference, merged, tokenizer, template: str, max_new_tokens: int = 24,
+                      prompt_format: str = "template") -> dict:
     """Compare base+adapter with the merged model on fixed inputs.
 
     Gate: max |logit difference| in float64 (both models are cast up for the check, so it measures
     the merged weights, not fp32 summation order) and identical greedy summaries in fp32. Also
     reported: the fp32 difference, and the fp32 noise floor (base+adapter in fp32 against itself in
     float64): how far fp32 rounding alone moves this model's logits."""
-    fmt = PromptFormatter(tokenizer, template)
+    fmt = PromptFormatter(tokenizer, template, prompt_format)
     prompts = [fmt.prompt_ids(d, 512)[0] for d in CHECK_DIALOGUES]
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     gen = dict(attention_mask=mask, generation_config=GenerateConfig(max_new_tokens=max_new_tokens,
-                                                                     num_beams=1).generation_config(tokenizer))
+                                                                     num_beams=1).generation_config(tokenizer, fmt.stop_ids))
     with torch.inference_mode():
         same = torch.equal(reference.generate(input_ids=ids, **gen), merged.generate(input_ids=ids, **gen))
         ref32 = reference(input_ids=ids, attention_mask=mask).logits
@@ -85,7 +86,7 @@ def main(run_dir: str, output: str, dtype: str = "float32") -> dict:
     base = load_model(model_cfg).to("cpu").eval()
     reference = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter)).eval()
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().eval()
-    check = check_equivalence(reference, merged, tokenizer, run["prompt_template"])
+    check = check_equivalence(reference, merged, tokenizer, run["prompt_template"], prompt_format=cfg.prompt.format)
     del reference
     if check["max_abs_logit_diff"] > LOGIT_TOLERANCE or not check["greedy_identical"]:
         raise ConvsumError(f"merge check failed: max |logit diff| (float64) {check['max_abs_logit_diff']:.2e} "
@@ -96,7 +97,8 @@ def main(run_dir: str, output: str, dtype: str = "float32") -> dict:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.padding_side = "left"
         tokenizer.save_pretrained(tmp)
-        cfg.generate.generation_config(tokenizer).save_pretrained(tmp)
+        cfg.generate.generation_config(tokenizer, PromptFormatter(tokenizer, cfg.prompt.template,
+                                                                  cfg.prompt.format).stop_ids).save_pretrained(tmp)
         write_model_info(tmp, cfg, run.get("base_revision"), kind="merged",
                          extra={"merged_from": str(Path(run_dir).resolve()), "dtype": dtype, "merge_check": check,
                                 "config": cfg.to_dict()})

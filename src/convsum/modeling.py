@@ -183,7 +183,7 @@ def add_lora(model, cfg: LoraConfig):
         names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
         targets = [t for t in _ATTENTION if t in names] or ["c_attn"]
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                              bias="none", task_type="CAUSAL_LM")
+                              bias="none", task_type="CAUSAL_LM", use_rslora=cfg.use_rslora, use_dora=cfg.use_dora)
     try:
         return get_peft_model(model, peft_cfg)
     except ValueError as e:

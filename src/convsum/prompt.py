@@ -23,21 +23,47 @@ class Example:
     truncated: bool
 
 
+_MARK = "\ue000convsum-dialogue\ue000"  # a private-use marker no template or tokenizer will produce by itself
+_REPLY = "\ue000convsum-reply\ue000"
+
+
 class PromptFormatter:
-    def __init__(self, tokenizer, template: str):
+    """format "template": the template text as is. format "chat": the template text becomes the user turn
+    of the tokenizer's own chat template (with its generation prompt), and the summary ends with the
+    template's end-of-turn token, which is then where generation stops."""
+
+    def __init__(self, tokenizer, template: str, format: str = "template"):
         if "{dialogue}" not in template:
             raise ConvsumError("prompt template must contain {dialogue}")
-        self.tokenizer = tokenizer
-        self.template = template
-        head, _, tail = template.partition("{dialogue}")
-        # Literal braces are written doubled in the template (str.format rules).
-        head, tail = head.replace("{{", "{").replace("}}", "}"), tail.replace("{{", "{").replace("}}", "}")
-        self.bos = tokenizer("", add_special_tokens=True)["input_ids"]  # [<bos>] or [] (GPT-2 style)
-        self.head = self.bos + self._enc(head)
-        self.tail = self._enc(tail)
         if tokenizer.eos_token_id is None:
             raise ConvsumError("the tokenizer has no EOS token; the model could not learn where to stop")
+        self.tokenizer, self.template, self.format = tokenizer, template, format
+        # Literal braces are written doubled in the template (str.format rules).
+        text = template.replace("{dialogue}", _MARK).replace("{{", "{").replace("}}", "}")
+        self.bos = tokenizer("", add_special_tokens=True)["input_ids"]  # [<bos>] or [] (GPT-2 style)
         self.eos = tokenizer.eos_token_id
+        if format == "chat":
+            text, self.eos = self._chat(text)
+        head, _, tail = text.partition(_MARK)
+        # The dialogue is tokenized on its own, so it can be cut in token space without touching the rest.
+        self.head = self._enc(head)
+        if format != "chat" or (self.bos and self.head[: len(self.bos)] != self.bos):
+            self.head = self.bos + self.head
+        self.tail = self._enc(tail)
+        self.stop_ids = list(dict.fromkeys([self.eos, tokenizer.eos_token_id]))  # generation ends at either
+
+    def _chat(self, user_text: str) -> tuple[str, int]:
+        """(the prompt rendered by the chat template, the end-of-turn token that follows a reply)."""
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise ConvsumError("prompt.format=chat: this tokenizer has no chat template; use prompt.format=template")
+        user = [{"role": "user", "content": user_text}]
+        text = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        if text.count(_MARK) != 1:
+            raise ConvsumError("prompt.format=chat: the chat template does not keep the user message verbatim")
+        full = tok.apply_chat_template(user + [{"role": "assistant", "content": _REPLY}], tokenize=False)
+        after = self._enc(full.partition(_REPLY)[2].lstrip())
+        return text, after[0] if after else tok.eos_token_id
 
     def _enc(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
@@ -53,7 +79,8 @@ class PromptFormatter:
         return self.head + d[:budget] + self.tail, truncated
 
     def build_train(self, dialogue: str, summary: str, max_length: int) -> Example:
-        """input_ids = prompt + summary + EOS; labels mask the prompt so only summary + EOS are learned."""
+        """input_ids = prompt + summary + EOS (or end-of-turn); labels mask the prompt so only the summary
+        and its end are learned."""
         target = self._enc(summary) + [self.eos]
         room = max_length - len(target)
         if room < len(self.head) + len(self.tail) + 1:

@@ -162,6 +162,7 @@ def write_model_info(folder: Path, cfg: Config, base_revision: str | None, kind:
         "base_model": cfg.model.name,
         "base_revision": base_revision,
         "prompt_template": cfg.prompt.template,
+        "prompt_format": cfg.prompt.format,
         "generate": cfg.generate.settings(),
         **(extra or {}),
     })

@@ -230,7 +230,7 @@ class ReleaseMemory(TrainerCallback):
 def tokenize_examples(cfg: Config, tokenizer, records) -> tuple[list[dict], int]:
     """Training examples (prompt + summary + EOS, prompt masked) with the one template; and how many
     dialogues were truncated to fit data.max_length."""
-    fmt = PromptFormatter(tokenizer, cfg.prompt.template)
+    fmt = PromptFormatter(tokenizer, cfg.prompt.template, cfg.prompt.format)
     out, truncated = [], 0
     for r in records:
         ex = fmt.build_train(r.dialogue, r.summary, cfg.data.max_length)
@@ -259,8 +259,8 @@ def held_out_scorer(cfg: Config, tokenizer, records, bf16: bool):
 
     def score(model) -> dict[str, float]:
         was_training = model.training
-        preds = generate_sharded(Summarizer(model, tokenizer, cfg.prompt.template, gen, "held-out"), dialogues,
-                                 "held-out summaries")
+        summarizer = Summarizer(model, tokenizer, cfg.prompt.template, gen, "held-out", prompt_format=cfg.prompt.format)
+        preds = generate_sharded(summarizer, dialogues, "held-out summaries")
         model.train(was_training)
         m = metrics.score_pairs(preds, refs)
         return {**m["mean"], "gen_length_words": m["gen_length_words"]}
@@ -347,7 +347,7 @@ def main(cfg: Config, resume: bool = False) -> dict:
         save_config(cfg, run.config)
         atomic_write_json(run.info, {
             "base_model": cfg.model.name, "base_revision": base_revision, "prompt_template": cfg.prompt.template,
-            "method": cfg.train.method, "data_source": cfg.data.source, "train_split": split,
+            "prompt_format": cfg.prompt.format, "method": cfg.train.method, "data_source": cfg.data.source, "train_split": split,
             "held_out": len(val_ex), "held_out_from": split, "train_examples": len(train_ex),
             "truncated_dialogues": truncated, "effective_batch": effective_batch,
             "num_processes": state.num_processes, "bf16": bf16,
@@ -438,5 +438,6 @@ def save_full_model(model, tokenizer, cfg: Config, base_revision: str | None, fo
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        cfg.generate.generation_config(tokenizer).save_pretrained(tmp)
+        stop = PromptFormatter(tokenizer, cfg.prompt.template, cfg.prompt.format).stop_ids
+        cfg.generate.generation_config(tokenizer, stop).save_pretrained(tmp)
         write_model_info(tmp, cfg, base_revision, kind="full", extra={"config": cfg.to_dict()})
