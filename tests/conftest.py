@@ -106,3 +106,48 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "dialogsum.test.jsonl").is_file():
         pytest.skip(f"DialogSum not found at {SHARED_DATA} (it is never copied into the repo)")
     return SHARED_DATA
+
+
+def build_spm_model(out: Path, arch: str) -> Path:
+    """A tiny random Llama or Gemma-3 with a SentencePiece tokenizer trained here (what llama.cpp's converter
+    reads); logits sharpened so greedy decoding is not decided by near-ties. Gemma keeps llama.cpp's fixed
+    choices: attention scale 1/sqrt(head_dim) and a sliding-window pattern of 6 layers."""
+    import shutil
+
+    import sentencepiece as spm
+    import torch
+    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GemmaTokenizer, LlamaConfig, LlamaForCausalLM,
+                              LlamaTokenizer)
+
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = out / "corpus.txt"
+    rows = make_records(64)
+    corpus.write_text("\n".join(r["dialogue"] + "\n" + r["summary"] for r in rows) +
+                      "\nSummarize the following conversation.\n### Conversation:\n### Summary:\n")
+    ids = dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1) if arch == "llama" else dict(
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
+        unk_piece="<unk>", user_defined_symbols=["<mask>", "<start_of_turn>", "<end_of_turn>"])
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(out / "sp"), vocab_size=320, model_type="bpe",
+                                   character_coverage=1.0, byte_fallback=True, minloglevel=2, **ids)
+    shutil.copy(out / "sp.model", out / "tokenizer.model")
+    tok = (LlamaTokenizer if arch == "llama" else GemmaTokenizer).from_pretrained(str(out))
+    torch.manual_seed(0)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=1024, initializer_range=0.1, bos_token_id=1,
+            eos_token_id=2, tie_word_embeddings=False))
+        with torch.no_grad():
+            model.model.norm.weight.mul_(30.0)
+    else:
+        model = Gemma3ForCausalLM(Gemma3TextConfig(
+            vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
+            num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=16,
+            max_position_embeddings=1024, initializer_range=0.1, pad_token_id=0, eos_token_id=1, bos_token_id=2))
+        with torch.no_grad():
+            model.model.norm.weight.fill_(29.0)  # Gemma's RMSNorm scales by (1 + w)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)  # transformers 5 writes tokenizer.json only; tokenizer.model stays from above
+    for f in ("sp.model", "sp.vocab", "corpus.txt"):
+        (out / f).unlink()
+    return out

@@ -124,3 +124,17 @@ def test_cli_serve_binds_loopback_by_default():
     assert load_config().serve.host == "127.0.0.1"
     args = build_parser().parse_args(["serve", "runs/x"])
     assert args.host is None  # so the config default (127.0.0.1) applies
+
+
+def test_strategy_is_validated_and_mbr_is_served(summarizers):
+    async def go(client):
+        ok = await client.post("/v1/summarize", json={"dialogue": DIALOGUES[0], "strategy": "mbr", "mbr_samples": 3})
+        assert ok.status_code == 200 and len(ok.json()["summaries"]) == 1
+        for body, needle in [({"strategy": "sample"}, "strategy"), ({"strategy": "mbr", "mbr_samples": 99}, "mbr_samples"),
+                             ({"strategy": "beam", "num_beams": 1}, "num_beams"), ({"num_beams": 9}, "num_beams")]:
+            r = await client.post("/v1/summarize", json={"dialogue": DIALOGUES[1], **body})
+            assert r.status_code == 422 and needle in r.json()["error"], (body, r.json())
+        beam = await client.post("/v1/summarize", json={"dialogue": DIALOGUES[1], "num_beams": 2})
+        assert beam.status_code == 200
+
+    run(make_app(summarizers), go)

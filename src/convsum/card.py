@@ -50,10 +50,10 @@ def model_card(c: CardInputs, repo_id: str = "PATH_OR_REPO_ID") -> str:
     kind, info, cfg_dict, metrics, base_metrics, example = c.kind, c.info, c.config, c.metrics, c.base_metrics, c.example
     base = info["base_model"]
     hub_base = _hub_base(base)
-    meta = {"library_name": "peft" if kind == "adapter" else "transformers", "pipeline_tag": "text-generation",
-            "license": "other", "datasets": [DATASET],
+    library = {"adapter": "peft", "gguf": "gguf"}.get(kind, "transformers")
+    meta = {"library_name": library, "pipeline_tag": "text-generation", "license": "other", "datasets": [DATASET],
             "tags": ["convsum", "summarization", "dialogue-summarization"] + (["lora"] if kind != "full" else [])
-            + (["peft"] if kind == "adapter" else []),
+            + (["peft"] if kind == "adapter" else []) + (["gguf", "llama.cpp", "ollama"] if kind == "gguf" else []),
             "language": ["en"]}
     if hub_base:
         meta["base_model"] = hub_base
@@ -65,6 +65,11 @@ def model_card(c: CardInputs, repo_id: str = "PATH_OR_REPO_ID") -> str:
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
             f"model = AutoModelForCausalLM.from_pretrained(\"{repo_id}\")\n"
             f"tokenizer = AutoTokenizer.from_pretrained(\"{repo_id}\")")
+    if kind == "gguf":
+        from convsum.export import usage
+
+        load = None
+        run_it = usage(info)
     train_cfg = yaml.safe_dump({k: cfg_dict[k] for k in ("lora", "train", "data")}, sort_keys=False) if cfg_dict else "n/a\n"
     ex = ""
     if example:
@@ -78,8 +83,11 @@ def model_card(c: CardInputs, repo_id: str = "PATH_OR_REPO_ID") -> str:
             "merged": "the base model with the LoRA adapter merged into its weights; plain `transformers`, no "
                       "`peft` needed",
             "full": "the fully fine-tuned model (every weight trained, see the configuration below); plain "
-                    "`transformers`"}[kind]
-    title = {"adapter": "LoRA adapter", "merged": "merged model", "full": "fully fine-tuned model"}[kind]
+                    "`transformers`",
+            "gguf": f"GGUF files for llama.cpp, Ollama and LM Studio ({info.get('outtype')}), exported with "
+                    "llama.cpp's own converter and checked against the transformers model"}[kind]
+    title = {"adapter": "LoRA adapter", "merged": "merged model", "full": "fully fine-tuned model",
+             "gguf": "GGUF"}[kind]
     body = f"""# Conversation summarizer ({title})
 
 Fine-tuned with convsum (PEFT LoRA or full fine-tuning on transformers) to write short third-person summaries of dialogues
@@ -103,15 +111,7 @@ the conversation, turns as `#Person1#: ...` lines); the summary follows and ends
 
 ## How to load
 
-```python
-{load}
-
-prompt = {template!r}.format(dialogue="#Person1#: Hi, is the pharmacy open late?\\n#Person2#: Until nine tonight.")
-inputs = tokenizer(prompt, return_tensors="pt")
-out = model.generate(**inputs, max_new_tokens=64, do_sample=False)
-print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-```
-
+{_python_usage(load, template) if load else run_it}
 ## Example
 
 {ex or 'n/a'}
@@ -128,6 +128,18 @@ what, and inherit biases of the base model and of DialogSum; they are not suitab
 about people without human review. Scores are ROUGE, which rewards word overlap, not faithfulness.
 """
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + body
+
+
+def _python_usage(load: str, template: str) -> str:
+    return f"""```python
+{load}
+
+prompt = {template!r}.format(dialogue="#Person1#: Hi, is the pharmacy open late?\\n#Person2#: Until nine tonight.")
+inputs = tokenizer(prompt, return_tensors="pt")
+out = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+"""
 
 
 @dataclass
@@ -151,7 +163,12 @@ def card_inputs(folder: Path) -> CardInputs:
     elif is_convsum_model(folder):
         info = read_model_info(folder)
         kind, cfg = info["kind"], info.get("config")
-        src = Path(info["merged_from"]) if info.get("merged_from") and is_run(info["merged_from"]) else folder
+        origin = info.get("merged_from") or info.get("source")  # a merged model's run; a GGUF's run or model
+        if origin and is_convsum_model(origin) and not is_run(origin):
+            origin = read_model_info(origin).get("merged_from") or origin
+        src = Path(origin) if origin and is_run(origin) else folder
+        if cfg is None and is_run(src):
+            cfg = RunDir(src).read()[0].to_dict()
     else:
         raise ConvsumError(f"{folder}: not a convsum run folder or merged model folder")
     tuned, base = RunDir(src).find_eval()

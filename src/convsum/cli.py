@@ -17,8 +17,8 @@ from convsum.errors import ConvsumError
 FLAGS = {
     "model": "model.name", "data": "data.source", "output": "train.output_dir", "max_steps": "train.max_steps",
     "max_train_examples": "data.max_train_examples", "max_new_tokens": "generate.max_new_tokens",
-    "num_beams": "generate.num_beams", "batch_size": "generate.batch_size", "host": "serve.host",
-    "port": "serve.port",
+    "num_beams": "generate.num_beams", "batch_size": "generate.batch_size", "strategy": "generate.strategy",
+    "engine": "generate.engine", "host": "serve.host", "port": "serve.port",
 }
 
 
@@ -120,6 +120,15 @@ def cmd_serve(args):
     serve.main(cfg, target, compare_base=args.compare_base)
 
 
+def cmd_export(args):
+    from convsum import export
+
+    if args.format != "gguf":
+        raise ConvsumError(f"--format {args.format!r}: only gguf is supported")
+    export.main(args.target, outtype=args.outtype, output=args.export_output, adapter_only=args.adapter_only,
+                check=not args.no_check)
+
+
 def cmd_sweep(args):
     from convsum import sweep
 
@@ -158,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="generate for a split and score ROUGE")
     p.add_argument("target", nargs="?", help="run folder, merged model folder or model id")
-    _common(p, "model", "data", "max_new_tokens", "num_beams", "batch_size")
+    _common(p, "model", "data", "max_new_tokens", "strategy", "num_beams", "batch_size", "engine")
     p.add_argument("--base", action="store_true", help="evaluate the base model (no adapter)")
     p.add_argument("--compare-base", action="store_true", help="also evaluate the base model; one table")
     p.add_argument("--split", default="test")
@@ -177,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summarize", help="summarize dialogues from a JSONL file or stdin")
     p.add_argument("target", nargs="?", help="run folder, merged model folder or model id")
     p.add_argument("input", nargs="?", default="-", help="JSONL file ({\"dialogue\": ...} per line), text file, or -")
-    _common(p, "model", "max_new_tokens", "num_beams", "batch_size")
+    _common(p, "model", "max_new_tokens", "strategy", "num_beams", "batch_size", "engine")
     p.add_argument("--base", action="store_true", help="use the base model without the adapter")
     p.add_argument("--json", action="store_true", help="print one JSON object per summary")
     p.set_defaults(func=cmd_summarize)
@@ -201,8 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", nargs="?", help="run folder, merged model folder or model id")
     p.add_argument("--adapter", help="run folder whose adapter goes on MODEL")
     p.add_argument("--compare-base", action="store_true", help="also load the base model; the page shows both")
-    _common(p, "host", "port", "max_new_tokens", "num_beams")
+    _common(p, "host", "port", "max_new_tokens", "strategy", "num_beams", "engine")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="GGUF for llama.cpp / Ollama / LM Studio, checked against the model")
+    p.add_argument("target", help="run folder or merged model folder")
+    p.add_argument("--format", default="gguf", help="gguf (the only format)")
+    p.add_argument("--outtype", default="q8_0", help="q8_0 (default), f16, bf16 or f32")
+    p.add_argument("--output", dest="export_output", help="folder to write (default: TARGET/gguf)")
+    p.add_argument("--adapter-only", action="store_true",
+                   help="the base model and the LoRA adapter as separate GGUFs (llama.cpp --lora)")
+    p.add_argument("--no-check", action="store_true", help="skip running the GGUF against the model")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sweep", help="grid of runs, selected on a held-out slice of the training data")
     _common(p, "model", "data", "max_steps", "max_train_examples")

@@ -145,7 +145,11 @@ class GenerateConfig:
     mbr_utility: Literal["rouge1", "rougeL", "mean"] = _f("mean", "What mbr maximises: ROUGE-1, ROUGE-L or the "
                                                           "mean of both (F1, convsum.metrics' tokenizer).")
     seed: int = _f(0, "Seed of the mbr samples; with it a dialogue's summary is the same in any batch and run.")
-    batch_size: int = _f(16, "Dialogues generated together.")
+    batch_size: int = _f(16, "Dialogues generated together (llama.cpp engine: up to 8 parallel slots).")
+    engine: Literal["transformers", "llamacpp"] = _f("transformers", "transformers: the model with PyTorch. "
+                                                     "llamacpp: its GGUF from `convsum export` in llama.cpp "
+                                                     "(pip install -e '.[gguf]'); greedy and mbr only.")
+    threads: int = _f(0, "llama.cpp engine threads (0: one per core).")
     max_input_tokens: int = _f(1024, "Prompt tokens kept (the dialogue is truncated to fit).")
     bf16: Tristate = _f("auto", "bfloat16 autocast for generation: auto (CPU with native bf16 or a CUDA GPU), true or "
                    "false. Weights stay fp32; ROUGE matches fp32 within noise (see bench/RESULTS.md).")

@@ -29,8 +29,54 @@ from convsum.prompt import PromptFormatter, left_pad, position_ids
 from convsum.rundir import RunDir, is_convsum_model, is_run, read_model_info
 
 
+class TransformersEngine:
+    """Batched `model.generate` with left padding; mbr candidates decoded from one prefill per prompt."""
+
+    def __init__(self, model):
+        self.model = model.eval()
+
+    @torch.inference_mode()
+    def decode_prompts(self, prompts: list[list[int]], gen: GenerateConfig, tokenizer, stop_ids: list[int],
+                       repeats: int = 1, keys: list[int | None] | None = None) -> list[list[int]]:
+        ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+        device = next(self.model.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
+        kwargs = {"generation_config": gen.generation_config(tokenizer, stop_ids)}
+        with self._autocast(device, gen):
+            if repeats > 1:
+                # One prefill per prompt: run it once, then decode `repeats` continuations from copies of
+                # its cache (what num_return_sequences would do after `repeats` separate prefills).
+                cache = DynamicCache(config=self.model.config)
+                pos = position_ids(mask)
+                self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
+                           cache=cache, use_cache=True)
+                cache.batch_repeat_interleave(repeats)
+                ids, mask = ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
+                kwargs.update(cache=cache, logits_processor=LogitsProcessorList([decoding.SeededSampler(
+                    keys, ids.shape[1], gen.temperature, gen.top_p)]))
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        result = []
+        for row in out[:, ids.shape[1]:].tolist():
+            end = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
+            result.append([t for t in row[:end] if t != tokenizer.pad_token_id])
+        return result
+
+    def _autocast(self, device, gen: GenerateConfig):
+        if next(self.model.parameters()).dtype != torch.float32 or not bf16_enabled(gen.bf16):
+            return contextlib.nullcontext()
+        # bf16 matmuls (2.3x the fp32 FLOP rate on AVX512-BF16 CPUs) with fp32 weights kept as they are.
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class Summarizer:
+    """Dialogues in, summaries out, with the model's own prompt template: the one object summarize,
+    evaluate, serve and the in-training held-out scoring all use. `model` is a transformers model or
+    an engine (llamacpp.LlamaCppEngine) with the same `decode_prompts`."""
+
     model: object
     tokenizer: object
     template: str
@@ -41,17 +87,21 @@ class Summarizer:
 
     def __post_init__(self):
         self.fmt = PromptFormatter(self.tokenizer, self.template, self.prompt_format)
-        self.model.eval()
-        self.model.generation_config = self.gen.generation_config(self.tokenizer, self.fmt.stop_ids)
+        self.engine = self.model if hasattr(self.model, "decode_prompts") else TransformersEngine(self.model)
+        if isinstance(self.engine, TransformersEngine):
+            self.model.generation_config = self.gen.generation_config(self.tokenizer, self.fmt.stop_ids)
         self.truncated = 0  # prompts whose dialogue was cut to fit generate.max_input_tokens
         self.candidates = 0  # sequences decoded by mbr (samples + greedy)
+
+    @property
+    def supports_beam(self) -> bool:
+        return isinstance(self.engine, TransformersEngine)
 
     def encode(self, dialogue: str) -> list[int]:
         ids, truncated = self.fmt.prompt_ids(dialogue, self.gen.max_input_tokens)
         self.truncated += truncated
         return ids
 
-    @torch.inference_mode()
     def generate_ids(self, prompts: list[list[int]], **overrides) -> list[list[int]]:
         """One batch of prompts -> the summary token ids of each (EOS removed). `overrides`: a request's
         decoding settings (GenerateConfig fields: max_new_tokens, strategy, num_beams, mbr_samples, ...)."""
@@ -70,34 +120,10 @@ class Summarizer:
 
     def _decode(self, prompts: list[list[int]], gen: GenerateConfig, repeats: int = 1,
                 keys: list[int | None] | None = None) -> list[list[int]]:
-        ids, mask = left_pad(prompts, self.tokenizer.pad_token_id)
-        device = next(self.model.parameters()).device
-        ids, mask = ids.to(device), mask.to(device)
-        kwargs = {"generation_config": gen.generation_config(self.tokenizer, self.fmt.stop_ids)}
-        with self._autocast(device):
-            if repeats > 1:
-                # One prefill per prompt: run it once, then decode `repeats` continuations from copies of
-                # its cache (what num_return_sequences would do after `repeats` separate prefills).
-                cache = DynamicCache(config=self.model.config)
-                pos = position_ids(mask)
-                self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
-                           cache=cache, use_cache=True)
-                cache.batch_repeat_interleave(repeats)
-                ids, mask = ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
-                kwargs.update(cache=cache, logits_processor=LogitsProcessorList([decoding.SeededSampler(
-                    keys, ids.shape[1], gen.temperature, gen.top_p)]))
-            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-        result = []
-        for row in out[:, ids.shape[1]:].tolist():
-            end = next((i for i, t in enumerate(row) if t in self.fmt.stop_ids), len(row))
-            result.append([t for t in row[:end] if t != self.tokenizer.pad_token_id])
-        return result
+        return self.engine.decode_prompts(prompts, gen, self.tokenizer, self.fmt.stop_ids, repeats, keys)
 
-    def _autocast(self, device):
-        if next(self.model.parameters()).dtype != torch.float32 or not bf16_enabled(self.gen.bf16):
-            return contextlib.nullcontext()
-        # bf16 matmuls (2.3x the fp32 FLOP rate on AVX512-BF16 CPUs) with fp32 weights kept as they are.
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    def close(self) -> None:
+        self.engine.close()
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -167,6 +193,13 @@ def load_summarizer(target: str | None, cfg: Config, base: bool = False) -> Summ
     """Resolve `target` (see resolve_target) and load it, with a LoRA adapter folded into the weights."""
     from accelerate import PartialState
 
+    if cfg.generate.engine == "llamacpp" or str(target).endswith(".gguf"):
+        if base:
+            raise ConvsumError("--engine llamacpp runs an exported GGUF of the fine-tuned model; the base model "
+                               "(--base, --compare-base) needs --engine transformers")
+        from convsum.llamacpp import load_gguf_summarizer
+
+        return load_gguf_summarizer(target or cfg.model.name, cfg)
     spec = resolve_target(target, cfg, base)
     with PartialState().main_process_first():  # the bundled model is converted once, by one process
         tokenizer = load_tokenizer(spec.model)

@@ -27,7 +27,8 @@ def stage_upload(folder: Path, out: Path, repo_id: str = "PATH_OR_REPO_ID") -> s
     src = folder
     if is_run(folder):
         src = RunDir(folder).model if kind == "full" else RunDir(folder).adapter
-    needed = (ADAPTER_WEIGHTS, ADAPTER_CONFIG) if kind == "adapter" else ("config.json",)
+    needed = {"adapter": (ADAPTER_WEIGHTS, ADAPTER_CONFIG), "gguf": (card.info.get("gguf", "model.gguf"),)}.get(
+        kind, ("config.json",))
     for name in needed:
         if not (src / name).is_file():
             raise ConvsumError(f"{folder}: {(src / name).relative_to(folder)} missing "

@@ -16,6 +16,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Literal
 
 from convsum.config import Config, ServeConfig
 from convsum.errors import ConvsumError
@@ -25,8 +26,7 @@ from convsum.rundir import RunDir
 @dataclass
 class Job:
     prompt: list[int]
-    max_new_tokens: int
-    num_beams: int
+    settings: tuple  # (field, value) pairs of the request's decoding settings: jobs with equal ones batch together
     future: asyncio.Future
     model: str = "fine-tuned"
 
@@ -74,12 +74,13 @@ class Batcher:
                     break
             groups: dict[tuple, list[Job]] = {}
             for j in batch:
-                groups.setdefault((j.model, j.max_new_tokens, j.num_beams), []).append(j)
-            for (model, mnt, beams), jobs in groups.items():
+                groups.setdefault((j.model, j.settings), []).append(j)
+            for (model, settings), jobs in groups.items():
                 s = self.summarizers[model]
                 try:
                     self.model_calls += 1
-                    outs = await loop.run_in_executor(None, lambda: s.generate_ids([j.prompt for j in jobs], max_new_tokens=mnt, num_beams=beams))
+                    outs = await loop.run_in_executor(
+                        None, lambda: s.generate_ids([j.prompt for j in jobs], **dict(settings)))
                     for j, ids in zip(jobs, outs):
                         if not j.future.done():
                             j.future.set_result(ids)
@@ -102,7 +103,10 @@ def _request_model():
         dialogue: str | None = Field(None, description="One conversation, turns as '#Person1#: ...' lines.")
         dialogues: list[str] | None = Field(None, description="Several conversations (instead of `dialogue`).")
         max_new_tokens: int | None = Field(None, ge=1, description="Up to serve.max_new_tokens_limit.")
-        num_beams: int | None = Field(None, ge=1, description="Up to serve.max_num_beams.")
+        strategy: Literal["greedy", "beam", "mbr"] | None = Field(
+            None, description="Decoding: greedy, beam or mbr (default: the model's; num_beams > 1 alone means beam).")
+        num_beams: int | None = Field(None, ge=1, description="Beam width for strategy beam, up to serve.max_num_beams.")
+        mbr_samples: int | None = Field(None, ge=1, description="Samples for strategy mbr, up to serve.max_mbr_samples.")
         model: str | None = Field(None, description="'fine-tuned' (default) or, with --compare-base, 'base'.")
 
     return SummarizeRequest
@@ -161,7 +165,8 @@ def create_app(summarizers: dict, cfg: Config, metrics: dict | None = None):
                 "generate": primary.gen.settings(),
                 "limits": {k: getattr(scfg, k) for k in ("max_body_bytes", "max_dialogue_tokens",
                                                          "max_dialogues_per_request", "max_new_tokens_limit",
-                                                         "max_num_beams", "max_batch", "max_queue")}}
+                                                         "max_num_beams", "max_mbr_samples", "max_batch",
+                                                         "max_queue")}}
 
     SummarizeRequest = _request_model()
 
@@ -177,13 +182,19 @@ def create_app(summarizers: dict, cfg: Config, metrics: dict | None = None):
             return error(422, f"dialogues: {len(dialogues)} is over the limit of {scfg.max_dialogues_per_request} per request")
         if req.model not in summarizers:
             return error(422, f"model: {req.model!r} is not loaded (available: {', '.join(summarizers)})")
-        mnt = req.max_new_tokens or primary.gen.max_new_tokens
-        beams = req.num_beams or primary.gen.num_beams
-        if mnt > scfg.max_new_tokens_limit:
-            return error(422, f"max_new_tokens: {mnt} is over the limit of {scfg.max_new_tokens_limit}")
-        if beams > scfg.max_num_beams:
-            return error(422, f"num_beams: {beams} is over the limit of {scfg.max_num_beams}")
         s = summarizers[req.model]
+        strategy = req.strategy or ("beam" if (req.num_beams or 1) > 1 else s.gen.strategy)
+        try:
+            gen = s.gen.with_overrides(max_new_tokens=req.max_new_tokens, strategy=strategy, mbr_samples=req.mbr_samples,
+                                       num_beams=req.num_beams or (s.gen.num_beams if strategy == "beam" else 1))
+        except ConvsumError as e:
+            return error(422, str(e).replace("generate.", ""))
+        for name, limit in (("max_new_tokens", scfg.max_new_tokens_limit), ("num_beams", scfg.max_num_beams),
+                            ("mbr_samples", scfg.max_mbr_samples)):
+            if getattr(gen, name) > limit and (name != "mbr_samples" or strategy == "mbr"):
+                return error(422, f"{name}: {getattr(gen, name)} is over the limit of {limit}")
+        if strategy == "beam" and not s.supports_beam:
+            return error(422, "strategy: beam is not available with the llama.cpp engine (use greedy or mbr)")
         prompts, truncated = [], 0
         for i, d in enumerate(dialogues):
             if not d.strip():
@@ -195,7 +206,9 @@ def create_app(summarizers: dict, cfg: Config, metrics: dict | None = None):
             prompts.append(ids)
             truncated += cut
         loop = asyncio.get_running_loop()
-        jobs = [Job(p, mnt, beams, loop.create_future(), req.model) for p in prompts]
+        settings = tuple((k, v) for k, v in {**gen.settings(), "num_beams": gen.num_beams}.items()
+                         if k != "max_input_tokens")
+        jobs = [Job(p, settings, loop.create_future(), req.model) for p in prompts]
         try:
             batcher.submit(jobs)
         except QueueFull:
