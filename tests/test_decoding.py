@@ -77,3 +77,13 @@ def test_strategy_settings_are_validated(tiny_cfg):
         with pytest.raises(ConvsumError, match=msg):
             load_config(None, bad)
     assert load_config(None, {"generate.strategy": "mbr"}).generate.settings()["mbr_samples"] == 8
+
+
+def test_eos_bias_lengthens_or_shortens_summaries(summarizer):
+    prompts = [summarizer.encode(d) for d in DIALOGUES]
+    never_stop = summarizer.generate_ids(prompts, eos_bias=-1e9)
+    assert all(len(r) == summarizer.gen.max_new_tokens for r in never_stop)
+    stop_now = summarizer.generate_ids(prompts, eos_bias=1e9)
+    assert all(r == [] for r in stop_now)
+    mbr = summarizer.generate_ids(prompts, strategy="mbr", mbr_samples=2, eos_bias=1e9)
+    assert all(r == [] for r in mbr)  # the bias comes before the sampler

@@ -99,3 +99,23 @@ def test_summarize_base_and_unfinished_run_errors(tiny_cfg, capsys):
     assert cli.main(["summarize", str(run), str(f)]) == 2
     assert "no trained weights yet" in capsys.readouterr().err
     assert cli.main(["summarize", str(run), str(f), "--base", "--max-new-tokens", "3"]) == 0
+
+
+def test_evaluate_the_runs_own_held_out_slice(run, tiny_cfg, capsys):
+    from convsum.data import train_and_held_out
+    from convsum.rundir import HELD_OUT, RunDir
+
+    assert cli.main(["evaluate", run, "--split", "held-out"]) == 0
+    e = RunDir(run).eval_dir(HELD_OUT)
+    held = train_and_held_out(tiny_cfg)[2]
+    assert [p["fname"] for p in e.read_predictions()] == [r.id for r in held] and e.read_metrics()["n"] == 4
+
+
+def test_score_against_prints_a_paired_bootstrap(data_dir, tmp_path, capsys):
+    recs = load_split(DataConfig(source=str(data_dir)), "test")
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("".join(r.references[0] + "\n" for r in recs))
+    b.write_text("".join("nothing\n" for _ in recs))
+    assert cli.main(["score", str(a), "--against", str(b), "--data", str(data_dir), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rouge1"]["a_wins"] == 1.0 and out["rouge1"]["mean_diff"] > 50 and out["rouge1"]["n"] == 6

@@ -83,6 +83,7 @@ def test_report_from_two_runs(tiny_cfg, tmp_path):
     html = (tmp_path / "rep" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3
     assert "best examples by ROUGE-L" in html and "worst examples by ROUGE-L" in html and "base" in html
+    assert "mean summary length (words), predicted vs references" in html and "±" in html
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "![curves](report_files/curves.png)" in md
     for name in ("curves", "rouge", "lengths"):

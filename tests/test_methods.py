@@ -14,7 +14,7 @@ def _weights(run):
 
 
 def test_full_fine_tuning_resumes_after_a_kill_with_the_same_weights(tiny_cfg, tmp_path, monkeypatch):
-    from test_train import Crash
+    from test_train import kill_then_resume
 
     tiny_cfg.train.method = "full"
     tiny_cfg.train.learning_rate = 1e-3
@@ -24,17 +24,8 @@ def test_full_fine_tuning_resumes_after_a_kill_with_the_same_weights(tiny_cfg, t
     full = _weights(tmp_path / "full")
 
     tiny_cfg.train.output_dir = str(tmp_path / "killed")
-    orig = train.SummaryTrainer.__init__
-
-    def with_crash(self, *a, **k):
-        orig(self, *a, **k)
-        self.add_callback(Crash(5))
-
-    monkeypatch.setattr(train.SummaryTrainer, "__init__", with_crash)
-    with pytest.raises(RuntimeError, match="killed"):
-        train.main(tiny_cfg)
-    monkeypatch.setattr(train.SummaryTrainer, "__init__", orig)
-    assert train.main(tiny_cfg, resume=True)["resumed_from"].endswith("checkpoint-3")
+    summary = kill_then_resume(tiny_cfg, monkeypatch, at_step=5)
+    assert summary["resumed_from"].endswith("checkpoint-3") and not summary["first_run_left_weights"]
     resumed = _weights(tmp_path / "killed")
     assert resumed.keys() == full.keys()
     for k in full:

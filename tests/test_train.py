@@ -92,6 +92,26 @@ class Crash(TrainerCallback):
             raise RuntimeError("killed")
 
 
+def kill_then_resume(cfg, monkeypatch, at_step: int) -> dict:
+    """Train with a simulated kill after `at_step`, then `--resume`; the resumed run's summary, plus
+    whether the killed run had left final weights behind (it must not)."""
+    from convsum.rundir import RunDir
+
+    orig = train.SummaryTrainer.__init__
+
+    def with_crash(self, *a, **k):
+        orig(self, *a, **k)
+        self.add_callback(Crash(at_step))
+
+    monkeypatch.setattr(train.SummaryTrainer, "__init__", with_crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        train.main(cfg)
+    monkeypatch.setattr(train.SummaryTrainer, "__init__", orig)
+    run = RunDir(cfg.train.output_dir)
+    left = run.adapter.exists() or run.model.exists()
+    return {**train.main(cfg, resume=True), "first_run_left_weights": left}
+
+
 def _adapter(run):
     return load_file(str(run / "adapter" / "adapter_model.safetensors"))
 
@@ -105,18 +125,8 @@ def test_resume_after_kill_gives_the_uninterrupted_adapter(tiny_cfg, tmp_path, m
     full = _adapter(tmp_path / "full")
 
     tiny_cfg.train.output_dir = str(tmp_path / "killed")
-    orig = train.SummaryTrainer.__init__
-
-    def with_crash(self, *a, **k):
-        orig(self, *a, **k)
-        self.add_callback(Crash(5))
-
-    monkeypatch.setattr(train.SummaryTrainer, "__init__", with_crash)
-    with pytest.raises(RuntimeError, match="killed"):
-        train.main(tiny_cfg)
-    monkeypatch.setattr(train.SummaryTrainer, "__init__", orig)
-    assert not (tmp_path / "killed" / "adapter").exists()
-    summary = train.main(tiny_cfg, resume=True)
+    summary = kill_then_resume(tiny_cfg, monkeypatch, at_step=5)
+    assert not summary["first_run_left_weights"]
     assert summary["resumed_from"].endswith("checkpoint-3")
     resumed = _adapter(tmp_path / "killed")
     assert resumed.keys() == full.keys()

@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "model", "data", "max_new_tokens", "strategy", "num_beams", "batch_size", "engine")
     p.add_argument("--base", action="store_true", help="evaluate the base model (no adapter)")
     p.add_argument("--compare-base", action="store_true", help="also evaluate the base model; one table")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="test, validation, train, or held-out (the run's held-out slice)")
     p.add_argument("--limit", type=int, help="first N dialogues of the split")
     p.add_argument("--output", dest="eval_output", help="folder for the predictions and metrics (default: inside the run folder)")
     p.set_defaults(func=cmd_evaluate)

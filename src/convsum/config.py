@@ -116,8 +116,8 @@ class TrainConfig:
                                    "much less work with large vocabularies.")
     fused_loss: bool = _f(True, "With summary_only_logits and a frozen head: the head and cross-entropy fused, a "
                           "vocabulary slice at a time, so the [tokens x vocab] logits never exist (fastpath.py).")
-    cpu_fast_path: bool = _f(True, "On CPU with bf16: frozen weights stored in bf16 once and a cheaper LoRA "
-                             "dropout (convsum/fastpath.py); false keeps PEFT's stock modules.")
+    cpu_fast_path: bool = _f(True, "On CPU: a cheaper LoRA dropout, and with bf16 the frozen weights stored in bf16 "
+                             "once (convsum/fastpath.py); false keeps PEFT's stock modules.")
     group_by_length: bool = _f(True, "Batch examples of similar length together to cut padding.")
     logging_steps: int = _f(5, "Log loss, lr and tokens/s every N steps.")
     eval_steps: int = _f(50, "Held-out eval loss every N steps (0: only at the end).")
@@ -144,6 +144,8 @@ class GenerateConfig:
     top_p: float = _f(0.95, "Nucleus (top-p) mass for mbr samples, within the 64 most likely tokens.")
     mbr_utility: Literal["rouge1", "rougeL", "mean"] = _f("mean", "What mbr maximises: ROUGE-1, ROUGE-L or the "
                                                           "mean of both (F1, convsum.metrics' tokenizer).")
+    eos_bias: float = _f(0.0, "Added to the end-of-summary token's logit at every step: below 0 the model stops later "
+                         "(longer summaries), above 0 sooner; a length knob to choose on the held-out slice.")
     seed: int = _f(0, "Seed of the mbr samples; with it a dialogue's summary is the same in any batch and run.")
     batch_size: int = _f(16, "Dialogues generated together (llama.cpp engine: up to 8 parallel slots).")
     engine: Literal["transformers", "llamacpp"] = _f("transformers", "transformers: the model with PyTorch. "
@@ -157,6 +159,8 @@ class GenerateConfig:
     def settings(self) -> dict[str, Any]:
         """The decoding settings recorded beside results (evaluation metrics, model info, /v1/model)."""
         out = {"strategy": self.strategy, "max_new_tokens": self.max_new_tokens, "max_input_tokens": self.max_input_tokens}
+        if self.eos_bias:
+            out["eos_bias"] = self.eos_bias
         if self.strategy == "beam":
             out["num_beams"] = self.num_beams
         if self.strategy == "mbr":

@@ -32,6 +32,18 @@ def row_key(seed: int, prompt: Sequence[int], sample: int) -> int:
     return int.from_bytes(h.digest(), "little") >> 1
 
 
+class StopBias(LogitsProcessor):
+    """Add `bias` to the logits of the tokens that end a summary (generate.eos_bias): a length knob."""
+
+    def __init__(self, stop_ids: list[int], bias: float):
+        self.stop_ids, self.bias = stop_ids, bias
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.clone()
+        scores[:, self.stop_ids] += self.bias
+        return scores
+
+
 class SeededSampler(LogitsProcessor):
     """Sample each row from softmax(logits / temperature) restricted to top-k and top-p, by Gumbel-max
     with per-row, per-step noise; rows whose key is None are left alone (greedy)."""

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from convsum import metrics
 from convsum.config import Config
-from convsum.data import Record, canonical_split, load_split
+from convsum.data import Record, canonical_split, load_split, train_and_held_out
 from convsum.errors import ConvsumError
 from convsum.io import atomic_write_json, atomic_write_jsonl, jsonl_objects, read_utf8
-from convsum.rundir import EvalDir, RunDir
+from convsum.rundir import HELD_OUT, EvalDir, RunDir
 
 
 def default_output(target: str | None, cfg: Config, split: str, limit: int | None, base: bool) -> EvalDir:
@@ -79,8 +79,13 @@ def main(cfg: Config, target: str | None = None, base: bool = False, split: str 
 
     if target is None and not base:
         raise ConvsumError("give a RUN_DIR (or a merged model folder / model id) to evaluate, or --base")
-    split = canonical_split(split)
-    records = load_split(cfg.data, split)
+    if split in (HELD_OUT, "heldout"):  # the slice the run held out of its training split (same seed, same carve)
+        split, records = HELD_OUT, train_and_held_out(cfg)[2]
+        if not records:
+            raise ConvsumError("--split held-out: this config holds nothing out (data.val_size is 0)")
+    else:
+        split = canonical_split(split)
+        records = load_split(cfg.data, split)
     if limit is not None:
         if limit < 1:
             raise ConvsumError("--limit: must be a positive number")

@@ -42,6 +42,7 @@ class TransformersEngine:
         device = next(self.model.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
         kwargs = {"generation_config": gen.generation_config(tokenizer, stop_ids)}
+        processors = LogitsProcessorList([decoding.StopBias(stop_ids, gen.eos_bias)] if gen.eos_bias else [])
         with self._autocast(device, gen):
             if repeats > 1:
                 # One prefill per prompt: run it once, then decode `repeats` continuations from copies of
@@ -52,9 +53,9 @@ class TransformersEngine:
                            cache=cache, use_cache=True)
                 cache.batch_repeat_interleave(repeats)
                 ids, mask = ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
-                kwargs.update(cache=cache, logits_processor=LogitsProcessorList([decoding.SeededSampler(
-                    keys, ids.shape[1], gen.temperature, gen.top_p)]))
-            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+                kwargs["cache"] = cache
+                processors.append(decoding.SeededSampler(keys, ids.shape[1], gen.temperature, gen.top_p))
+            out = self.model.generate(input_ids=ids, attention_mask=mask, logits_processor=processors, **kwargs)
         result = []
         for row in out[:, ids.shape[1]:].tolist():
             end = next((i for i, t in enumerate(row) if t in stop_ids), len(row))

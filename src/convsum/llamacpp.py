@@ -77,19 +77,26 @@ class LlamaCppEngine:
                                f"does not fit llama.cpp's {self.ctx_per_slot}-token slots")
         greedy = {"n_predict": gen.max_new_tokens, "temperature": 0.0, "top_k": 1, "return_tokens": True,
                   "cache_prompt": False}
+        if gen.eos_bias:
+            greedy["logit_bias"] = [[t, gen.eos_bias] for t in stop_ids]
         if repeats == 1:
             replies = self._post({**greedy, "prompt": prompts})
         else:
-            rows = [(prompts[i // repeats], keys[i]) for i in range(len(prompts) * repeats)]
-            sample = {**greedy, "temperature": gen.temperature, "top_p": gen.top_p, "top_k": TOP_K, "min_p": 0.0}
+            sample = {**greedy, "temperature": gen.temperature, "top_p": gen.top_p, "top_k": TOP_K, "min_p": 0.0,
+                      "cache_prompt": True}
 
-            def one(row):
-                prompt, key = row
-                body = {**greedy, "prompt": prompt} if key is None else {**sample, "prompt": prompt, "seed": key % 2**32}
-                return self._post(body)[0]
+            def candidates(i: int) -> list[dict]:
+                # One prompt's candidates in turn: with cache_prompt llama.cpp keeps the prompt in the
+                # slot it used, so the prompt is processed once per dialogue, not once per candidate.
+                out = []
+                for key in keys[i * repeats:(i + 1) * repeats]:
+                    body = {**sample, "prompt": prompts[i]}
+                    body.update({"temperature": 0.0, "top_k": 1} if key is None else {"seed": key % 2**32})
+                    out.append(self._post(body)[0])
+                return out
 
             with ThreadPoolExecutor(self.slots) as pool:
-                replies = list(pool.map(one, rows))
+                replies = [r for group in pool.map(candidates, range(len(prompts))) for r in group]
         out = []
         for r in replies:
             tokens = r["tokens"]

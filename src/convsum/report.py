@@ -161,6 +161,9 @@ def main(run_dirs: list[str], output: str = "report.html") -> Path:
             table_rows[r["name"]] = r["metrics"]
     if table_rows:
         t = metrics.format_table(table_rows, refs=metrics.table_refs(table_rows))
+        t += "\n\nmean summary length (words), predicted vs references:\n" + "\n".join(
+            f"  {name}: {m['gen_length_words']:.1f} vs {m['ref_length_words']:.1f}"
+            for name, m in table_rows.items() if "ref_length_words" in m)
         h.append(f"<pre>{html.escape(t)}</pre>")
         md += ["```", t, "```", ""]
     for r in runs:

@@ -239,9 +239,10 @@ def tokenize_examples(cfg: Config, tokenizer, records) -> tuple[list[dict], int]
     return out, truncated
 
 
-def prepare_examples(cfg: Config, tokenizer) -> tuple[str, list[dict], list[dict], int]:
-    """(split used, train examples, held-out examples, truncated count)."""
-    split, train_records, held_out = data_stage.train_and_held_out(cfg)
+def prepare_examples(cfg: Config, tokenizer, records: tuple | None = None) -> tuple[str, list[dict], list[dict], int]:
+    """(split used, train examples, held-out examples, truncated count); `records`: data.train_and_held_out's
+    result when the caller already has it."""
+    split, train_records, held_out = records or data_stage.train_and_held_out(cfg)
     (train_ex, t1), (val_ex, t2) = tokenize_examples(cfg, tokenizer, train_records), \
         tokenize_examples(cfg, tokenizer, held_out)
     return split, train_ex, val_ex, t1 + t2
@@ -297,9 +298,10 @@ def build_trainer(cfg: Config, model, tokenizer, train_ex: list[dict], val_ex: l
     """The configured Trainer (also used by bench/train_throughput.py, so the bench times exactly this)."""
     from datasets import Dataset
 
-    if cfg.train.cpu_fast_path and args.bf16 and not torch.cuda.is_available():
-        fastpath.cast_frozen_linears(model)
-        fastpath.use_fast_lora_dropout(model)
+    if cfg.train.cpu_fast_path and not torch.cuda.is_available():
+        if args.bf16:
+            fastpath.cast_frozen_linears(model)
+        fastpath.use_fast_lora_dropout(model)  # in fp32 too: bernoulli_ is single-threaded on many CPUs
     stopper = StopOnInterrupt()
     trainer = SummaryTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(train_ex),
@@ -332,10 +334,9 @@ def main(cfg: Config, resume: bool = False) -> dict:
 
     with state.main_process_first():  # the bundled model is converted once, by one process
         tokenizer = load_tokenizer(cfg.model)
-    split, train_records, held_out = data_stage.train_and_held_out(cfg)
-    (train_ex, t1), (val_ex, t2) = tokenize_examples(cfg, tokenizer, train_records), \
-        tokenize_examples(cfg, tokenizer, held_out)
-    truncated = t1 + t2
+    records = data_stage.train_and_held_out(cfg)
+    split, train_ex, val_ex, truncated = prepare_examples(cfg, tokenizer, records)
+    held_out = records[2]
     if cfg.train.select_by != "last" and not val_ex:
         raise ConvsumError(f"train.select_by={cfg.train.select_by} needs a held-out slice, and this one is empty")
     _, base_revision = resolve(cfg.model)
