@@ -47,7 +47,7 @@ def test_f32_export_reads_back_and_generates_what_transformers_generates(spm_run
     result = export.main(str(run), outtype="f32", output=str(tmp_path / "g"))
     assert result["check"]["fixed_identical"] == result["check"]["fixed_dialogues"] == 3  # the export's own gate
     folder = tmp_path / "g"
-    assert sorted(p.name for p in folder.iterdir()) >= ["Modelfile", "README.md", "convsum.json", "model-f32.gguf"]
+    assert {"Modelfile", "README.md", "convsum.json", "config.yaml", "model-f32.gguf"} <= {p.name for p in folder.iterdir()}
     f = _fields(folder / "model-f32.gguf")
     assert f["arch"] == {"llama": "llama", "gemma": "gemma3"}[arch] and f["file_type"] == 0  # ALL_F32
     n_weights = sum(1 for _ in __import__("safetensors").safe_open(str(cfg.model.name) + "/model.safetensors", "pt").keys())
@@ -133,3 +133,27 @@ def test_gguf_folder_is_pushed_with_a_card_and_served(spm_run, tmp_path, capsys)
         assert r.status_code == 200 and len(r.json()["summaries"]) == 2
         assert client.post("/v1/summarize", json={"dialogue": "x", "strategy": "beam", "num_beams": 2}).status_code == 422
     summarizer.close()
+
+
+def test_export_folder_carries_the_runs_decoding_settings(spm_run, tmp_path, capsys):
+    """`convsum summarize EXPORT` needs no flags: the run's settings (here a chosen eos_bias) travel along."""
+    from convsum.config import save_config
+
+    arch, run, cfg = spm_run
+    if arch == "gemma":
+        pytest.skip("one architecture is enough here")
+    cfg.generate.eos_bias = -1e9  # never stop: every summary runs to max_new_tokens
+    save_config(cfg, RunDir(run).config)
+    try:
+        export.main(str(run), outtype="f32", output=str(tmp_path / "g"), check=False)
+        (tmp_path / "d.txt").write_text("#Person1#: Hello, I am Tom.")
+        capsys.readouterr()
+        assert cli.main(["summarize", str(tmp_path / "g"), str(tmp_path / "d.txt"), "--json"]) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["summary"]
+        from transformers import AutoTokenizer
+
+        assert len(AutoTokenizer.from_pretrained(str(tmp_path / "g"))(summary, add_special_tokens=False)[
+            "input_ids"]) >= 14  # ~16 tokens; decoding may merge a few
+    finally:
+        cfg.generate.eos_bias = 0.0
+        save_config(cfg, RunDir(run).config)

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import typing
+from pathlib import Path
 
 from convsum.errors import ConvsumError
 
@@ -52,8 +53,9 @@ def _config(args, run_dir: str | None = None, preset: dict | None = None):
     from convsum.rundir import RunDir
 
     path = args.config
-    if path is None and run_dir and RunDir(run_dir).config.is_file():
-        path = RunDir(run_dir).config
+    folder = RunDir(Path(run_dir).parent if str(run_dir).endswith(".gguf") else run_dir) if run_dir else None
+    if path is None and folder and folder.config.is_file():  # a run, merged or GGUF export folder
+        path = folder.config
     return load_config(path, _overrides(args), preset=preset)
 
 

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from copy import deepcopy
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -294,7 +295,7 @@ def _source(target: str, tmp: Path, adapter_only: bool) -> tuple[Path, dict, Run
 
 def main(target: str, outtype: str = "q8_0", output: str | None = None, adapter_only: bool = False,
          check: bool = True, check_limit: int = 40) -> dict:
-    from convsum.config import load_config
+    from convsum.config import load_config, save_config
     from convsum.generate import load_summarizer
     from convsum.modeling import resolve
     from convsum.prompt import PromptFormatter
@@ -310,6 +311,8 @@ def main(target: str, outtype: str = "q8_0", output: str | None = None, adapter_
         cfg = run.read()[0] if run else load_config(preset={"prompt.template": info["prompt_template"],
                                                             "prompt.format": info.get("prompt_format", "template")})
         cfg.model.name = info["base_model"]
+        cfg_saved = deepcopy(cfg)
+        cfg_saved.generate.engine = "llamacpp"
         cfg.generate = replace(cfg.generate, strategy="greedy", num_beams=1, engine="transformers")
         base_dir = Path(resolve(cfg.model)[0])
         model_dir = base_dir if adapter_only else src
@@ -326,6 +329,7 @@ def main(target: str, outtype: str = "q8_0", output: str | None = None, adapter_
                 run_converter("convert_lora_to_gguf.py", [str(src), "--base", str(base_dir), "--outtype", "f32",
                                                           "--outfile", str(staging / files["adapter"])])
             reference.tokenizer.save_pretrained(staging)
+            save_config(cfg_saved, RunDir(staging).config)  # decoding settings etc. for `--engine llamacpp`
             gguf_info = {"kind": "gguf", "gguf": files["model"], "adapter": files.get("adapter"),
                          "outtype": outtype, "base_model": info["base_model"], "source": str(Path(target).resolve()),
                          "prompt_template": info["prompt_template"],

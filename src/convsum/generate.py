@@ -194,7 +194,9 @@ def load_summarizer(target: str | None, cfg: Config, base: bool = False) -> Summ
     """Resolve `target` (see resolve_target) and load it, with a LoRA adapter folded into the weights."""
     from accelerate import PartialState
 
-    if cfg.generate.engine == "llamacpp" or str(target).endswith(".gguf"):
+    gguf_export = target is not None and (str(target).endswith(".gguf") or (
+        is_convsum_model(target) and read_model_info(target)["kind"] == "gguf"))
+    if cfg.generate.engine == "llamacpp" or gguf_export:
         if base:
             raise ConvsumError("--engine llamacpp runs an exported GGUF of the fine-tuned model; the base model "
                                "(--base, --compare-base) needs --engine transformers")

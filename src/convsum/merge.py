@@ -20,7 +20,7 @@ import torch
 from convsum.errors import ConvsumError
 from convsum.io import atomic_dir
 from convsum.card import write_card
-from convsum.config import GenerateConfig
+from convsum.config import GenerateConfig, save_config
 from convsum.modeling import load_model, load_tokenizer, torch_dtype
 from convsum.prompt import PromptFormatter, left_pad
 from convsum.rundir import RunDir, write_model_info
@@ -99,6 +99,7 @@ def main(run_dir: str, output: str, dtype: str = "float32") -> dict:
         tokenizer.save_pretrained(tmp)
         cfg.generate.generation_config(tokenizer, PromptFormatter(tokenizer, cfg.prompt.template,
                                                                   cfg.prompt.format).stop_ids).save_pretrained(tmp)
+        save_config(cfg, RunDir(tmp).config)  # so a stage given this folder starts from the run's settings
         write_model_info(tmp, cfg, run.get("base_revision"), kind="merged",
                          extra={"merged_from": str(Path(run_dir).resolve()), "dtype": dtype, "merge_check": check,
                                 "config": cfg.to_dict()})
