@@ -189,5 +189,5 @@ def format_table(rows: dict[str, dict], refs=("summary1", "mean")) -> str:
         if with_ci:
             lines.append(" " * name_w + "".join(f" | {h}" for h in halves))
     if with_ci:
-        lines.append("(± = half the width of the 95% bootstrap interval over dialogues; bounds in metrics.json)")
+        lines.append("(± = half the width of the 95% bootstrap interval over dialogues; the bounds are saved as ci95)")
     return "\n".join(line.rstrip() for line in lines)
