@@ -97,17 +97,19 @@ def test_lora_dropout_is_seeded_by_torch_and_masks_the_gradient():
     assert torch.equal(fastpath.LoraDropout(0.0).train()(x), x)
 
 
-def test_build_trainer_uses_the_fast_path_only_for_cpu_bf16(tiny_cfg, tmp_path):
+def test_build_trainer_casts_to_bf16_only_for_cpu_bf16_and_fuses_dropout_on_any_cpu(tiny_cfg, tmp_path):
     tok = load_tokenizer(tiny_cfg.model)
     _, exs, _, _ = train.prepare_examples(tiny_cfg, tok)
-    for bf16, fast, expect in ((True, True, True), (True, False, False), (False, True, False)):
+    # (bf16, fast path on, expect fused dropout, expect bf16 head)
+    for bf16, fast, dropout, cast in ((True, True, True, True), (True, False, False, False), (False, True, True, False),
+                                      (False, False, False, False)):
         tiny_cfg.lora.dropout, tiny_cfg.train.cpu_fast_path = 0.1, fast
         model = add_lora(load_model(tiny_cfg.model, for_training=True), tiny_cfg.lora)
         args = train.training_arguments(tiny_cfg, tmp_path / "ck", False, bf16)
         train.build_trainer(tiny_cfg, model, tok, exs, [], args, tmp_path / "log.jsonl")
         has_fast = any(isinstance(m, fastpath.LoraDropout) for m in model.modules())
         head = model.get_base_model().lm_head.weight.dtype
-        assert has_fast == expect and (head == torch.bfloat16) == expect, (bf16, fast)
+        assert has_fast == dropout and (head == torch.bfloat16) == cast, (bf16, fast)
 
 
 def test_auto_attention_is_eager_for_cpu_training_and_sdpa_otherwise(tiny_cfg):
