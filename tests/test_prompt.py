@@ -58,6 +58,15 @@ def test_collate_left_pads_and_aligns_labels_at_the_end():
     assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 1]]
 
 
+def test_collate_rounds_the_padded_length_up_to_a_bucket():
+    rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8, 9], "labels": [-100, 9]}]
+    batch = collate(rows, 0, multiple=4)
+    assert batch["input_ids"].tolist() == [[0, 5, 6, 7], [0, 0, 8, 9]]
+    assert batch["labels"].tolist() == [[-100, -100, 6, 7], [-100, -100, -100, 9]]
+    assert batch["position_ids"].tolist() == [[0, 0, 1, 2], [0, 0, 0, 1]]
+    assert collate(rows, 0, multiple=3)["input_ids"].shape == (2, 3)  # already a multiple: unchanged
+
+
 def test_chat_format_uses_the_tokenizer_template_and_ends_at_end_of_turn(tiny_chat_model_dir):
     from convsum.modeling import load_tokenizer
     from convsum.config import ModelConfig, DEFAULT_TEMPLATE

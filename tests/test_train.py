@@ -58,6 +58,20 @@ def test_left_padding_does_not_change_the_loss(tiny_cfg):
             torch.testing.assert_close(out[i, keep], alone, rtol=1e-4, atol=1e-4)
 
 
+def test_shape_buckets_do_not_change_the_training_loss(tiny_cfg):
+    """train.pad_to_multiple_of only adds masked left padding: the summary loss is unchanged."""
+    tok = load_tokenizer(tiny_cfg.model)
+    _, exs, _, _ = train.prepare_examples(tiny_cfg, tok)
+    model = load_model(tiny_cfg.model).eval()
+    losses = []
+    with torch.no_grad():
+        for multiple in (1, 64):
+            batch = collate(exs[:4], tok.pad_token_id, multiple)
+            losses.append(model(**batch).loss)
+    assert batch["input_ids"].shape[1] % 64 == 0
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+
+
 def test_train_writes_a_self_describing_run_folder(tiny_cfg):
     summary = train.main(tiny_cfg)
     run = __import__("pathlib").Path(tiny_cfg.train.output_dir)

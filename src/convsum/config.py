@@ -119,6 +119,9 @@ class TrainConfig:
     cpu_fast_path: bool = _f(True, "On CPU: a cheaper LoRA dropout, and with bf16 the frozen weights stored in bf16 "
                              "once (convsum/fastpath.py); false keeps PEFT's stock modules.")
     group_by_length: bool = _f(True, "Batch examples of similar length together to cut padding.")
+    pad_to_multiple_of: int = _f(1, "Round each batch's padded length up to a multiple of this (shape buckets): "
+                                 "fewer distinct matmul shapes for oneDNN to JIT-compile on bf16/AMX CPUs, at the "
+                                 "cost of more padding (bench/shapes.py counts both); 1 = no rounding.")
     logging_steps: int = _f(5, "Log loss, lr and tokens/s every N steps.")
     eval_steps: int = _f(50, "Held-out eval loss every N steps (0: only at the end).")
     select_by: Literal["last", "eval_loss", "rougeL"] = _f("last", "Which checkpoint the run keeps: the last one, "
@@ -326,6 +329,7 @@ def validate(cfg: Config) -> None:
         (0.0 <= cfg.lora.dropout < 1.0, "lora.dropout: must be in [0, 1)"),
         (cfg.train.batch_size > 0 and cfg.train.grad_accum > 0, "train.batch_size and train.grad_accum: must be positive"),
         (cfg.train.learning_rate > 0, "train.learning_rate: must be positive"),
+        (cfg.train.pad_to_multiple_of >= 1, "train.pad_to_multiple_of: must be at least 1"),
         (0.0 <= cfg.train.warmup_ratio < 1.0, "train.warmup_ratio: must be in [0, 1)"),
         (cfg.train.max_steps > 0 or cfg.train.epochs > 0, "train.epochs: must be positive when max_steps is -1"),
         (cfg.train.save_steps > 0 and cfg.train.logging_steps > 0, "train.save_steps and train.logging_steps: must be positive"),

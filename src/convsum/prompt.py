@@ -90,11 +90,12 @@ class PromptFormatter:
         return Example(prompt + target, [IGNORE_INDEX] * len(prompt) + target, truncated)
 
 
-def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(examples: list[dict], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
     """Left-pad a training batch: every row's summary + EOS then ends at the last position, so the LM head
     can run on just the last k positions (see train.SummaryTrainer). Explicit position ids keep each row's
-    positions starting at 0, exactly as with right padding."""
-    ids, mask = left_pad([e["input_ids"] for e in examples], pad_id)
+    positions starting at 0, exactly as with right padding. `multiple` rounds the padded length up (shape
+    buckets: fewer distinct shapes for kernels that are compiled per shape)."""
+    ids, mask = left_pad([e["input_ids"] for e in examples], pad_id, multiple)
     labels = torch.full_like(ids, IGNORE_INDEX)
     for i, e in enumerate(examples):
         labels[i, ids.shape[1] - len(e["labels"]):] = torch.tensor(e["labels"])
@@ -105,9 +106,9 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(seqs: list[list[int]], pad_id: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad prompts for generation so every row's next token is at the same position."""
-    n = max(len(s) for s in seqs)
+    n = -(-max(len(s) for s in seqs) // multiple) * multiple
     ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), n), dtype=torch.long)
     for i, s in enumerate(seqs):

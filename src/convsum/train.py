@@ -306,7 +306,7 @@ def build_trainer(cfg: Config, model, tokenizer, train_ex: list[dict], val_ex: l
     trainer = SummaryTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(train_ex),
         eval_dataset=Dataset.from_list(val_ex) if val_ex else None,
-        data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
+        data_collator=lambda batch: collate(batch, tokenizer.pad_token_id, cfg.train.pad_to_multiple_of),
         callbacks=[RunLog(log_path), stopper, ReleaseMemory()],
         summary_only_logits=cfg.train.summary_only_logits, fused_loss=cfg.train.fused_loss,
         held_out_rouge=held_out_rouge,
