@@ -1,5 +1,6 @@
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -109,6 +110,17 @@ def test_evaluate_the_runs_own_held_out_slice(run, tiny_cfg, capsys):
     e = RunDir(run).eval_dir(HELD_OUT)
     held = train_and_held_out(tiny_cfg)[2]
     assert [p["fname"] for p in e.read_predictions()] == [r.id for r in held] and e.read_metrics()["n"] == 4
+
+
+def test_score_takes_the_held_out_slice_of_a_runs_config(run, tiny_cfg, tmp_path, capsys):
+    from convsum.data import train_and_held_out
+
+    held = train_and_held_out(tiny_cfg)[2]
+    pred = tmp_path / "p.txt"
+    pred.write_text("".join(r.references[0] + "\n" for r in held))
+    assert cli.main(["score", str(pred), "--config", str(Path(run) / "config.yaml"), "--split", "held-out", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["n"] == len(held) and out["mean"]["rouge1"] == 100.0
 
 
 def test_score_against_prints_a_paired_bootstrap(data_dir, tmp_path, capsys):

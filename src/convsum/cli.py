@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score a predictions file (.txt or .jsonl) without a model")
     p.add_argument("predictions")
     _common(p, "data")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="test, validation or held-out (the slice a run with --config "
+                   "RUN/config.yaml held out)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--against", metavar="PRED_B", help="compare with another predictions file (paired bootstrap)")
     p.set_defaults(func=cmd_score)

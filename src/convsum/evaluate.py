@@ -71,6 +71,18 @@ def evaluate_model(summarizer, records: list[Record], out: EvalDir | Path, split
     return result
 
 
+def split_records(cfg: Config, split: str) -> tuple[str, list[Record]]:
+    """A split's records; `held-out` is the slice a run with this config held out of its training split
+    (same size, same seed, same carve)."""
+    if split in (HELD_OUT, "heldout"):
+        records = train_and_held_out(cfg)[2]
+        if not records:
+            raise ConvsumError("--split held-out: this config holds nothing out (data.val_size is 0)")
+        return HELD_OUT, records
+    split = canonical_split(split)
+    return split, load_split(cfg.data, split)
+
+
 def main(cfg: Config, target: str | None = None, base: bool = False, split: str = "test", limit: int | None = None,
          output: str | None = None, compare_base: bool = False) -> dict[str, dict]:
     from accelerate import PartialState
@@ -79,13 +91,7 @@ def main(cfg: Config, target: str | None = None, base: bool = False, split: str 
 
     if target is None and not base:
         raise ConvsumError("give a RUN_DIR (or a merged model folder / model id) to evaluate, or --base")
-    if split in (HELD_OUT, "heldout"):  # the slice the run held out of its training split (same seed, same carve)
-        split, records = HELD_OUT, train_and_held_out(cfg)[2]
-        if not records:
-            raise ConvsumError("--split held-out: this config holds nothing out (data.val_size is 0)")
-    else:
-        split = canonical_split(split)
-        records = load_split(cfg.data, split)
+    split, records = split_records(cfg, split)
     if limit is not None:
         if limit < 1:
             raise ConvsumError("--limit: must be a positive number")
@@ -152,7 +158,7 @@ def score_main(cfg: Config, predictions: str, split: str = "test", as_json: bool
                against: str | None = None) -> dict:
     """Score an existing predictions file; no model is loaded. `against`: a second predictions file on
     the same split, compared with a paired bootstrap over dialogues."""
-    records = load_split(cfg.data, canonical_split(split))
+    records = split_records(cfg, split)[1]
     preds = read_predictions(Path(predictions), records)
     refs = [r.references for r in records]
     if against is not None:
