@@ -57,7 +57,8 @@ def main() -> None:
 
     cfg = load_config(ROOT / "configs" / "gemma3-270m.yaml", {
         "data.source": str(args.data), "generate.max_new_tokens": 64, "generate.strategy": "greedy",
-        "generate.num_beams": 1, "generate.bf16": "false", "generate.batch_size": args.batch_size})
+        "generate.num_beams": 1, "generate.bf16": "false", "generate.batch_size": args.batch_size,
+        "generate.eos_bias": 0.0})  # plain greedy: what the pipeline baseline does
     records = load_split(cfg.data, "test")[: args.limit]
     dialogues, refs = [r.dialogue for r in records], [r.references for r in records]
     print(machine.line(machine.describe(ceilings=False)))

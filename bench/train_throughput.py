@@ -88,7 +88,8 @@ def _cfg(overrides: dict, args, out: str):
 
     return load_config(ROOT / "configs" / "gemma3-270m.yaml", {
         "data.source": str(args.data), "data.val_size": 0, "train.output_dir": out, "train.save_steps": 10_000,
-        "train.max_steps": args.warmup + args.steps, "train.logging_steps": 1,
+        "train.max_steps": args.warmup + args.steps, "train.logging_steps": 1, "train.select_by": "last",
+        "train.early_stopping_patience": 0,
         "data.max_train_examples": 8 * (args.warmup + args.steps),  # effective batch 8 in every variant
         **overrides})
 

@@ -92,7 +92,8 @@ cfg.train.batch_size = 4
 cfg.train.grad_accum = 1
 cfg.data.max_train_examples = 4 * MAX_STEPS
 cfg.data.val_size = 4
-cfg.train.save_steps = MAX_STEPS
+cfg.train.save_steps = cfg.train.eval_steps = MAX_STEPS
+cfg.train.select_by, cfg.train.early_stopping_patience = "last", 0  # the recipe picks by held-out ROUGE-L; 4 steps keep the last
 summary = train.main(cfg)
 summary
 """)

@@ -250,12 +250,13 @@ def prepare_examples(cfg: Config, tokenizer, records: tuple | None = None) -> tu
 
 def held_out_scorer(cfg: Config, tokenizer, records, bf16: bool):
     """model -> held-out ROUGE of its greedy summaries (mean over references), for train.select_by=rougeL.
-    Greedy whatever generate.strategy says: selection needs a cheap, deterministic score."""
+    Plain greedy whatever generate.strategy and eos_bias say: selection needs a cheap, deterministic score,
+    and decoding knobs are tuned afterwards on the checkpoint it picked (the order the shipped recipe used)."""
     from convsum import metrics
     from convsum.evaluate import generate_sharded
     from convsum.generate import Summarizer
 
-    gen = replace(cfg.generate, strategy="greedy", num_beams=1, bf16="true" if bf16 else "false")
+    gen = replace(cfg.generate, strategy="greedy", num_beams=1, eos_bias=0.0, bf16="true" if bf16 else "false")
     dialogues, refs = [r.dialogue for r in records], [r.references for r in records]
 
     def score(model) -> dict[str, float]:
