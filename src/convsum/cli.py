@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="GGUF for llama.cpp / Ollama / LM Studio, checked against the model")
     p.add_argument("target", help="run folder or merged model folder")
     p.add_argument("--format", default="gguf", help="gguf (the only format)")
-    p.add_argument("--outtype", default="q8_0", help="q8_0 (default), f16, bf16 or f32")
+    p.add_argument("--outtype", default="f16", help="f16 (default), q8_0, bf16 or f32")
     p.add_argument("--output", dest="export_output", help="folder to write (default: TARGET/gguf)")
     p.add_argument("--adapter-only", action="store_true",
                    help="the base model and the LoRA adapter as separate GGUFs (llama.cpp --lora)")

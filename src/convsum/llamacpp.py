@@ -2,7 +2,7 @@
 
     convsum export runs/r1 --format gguf
     convsum evaluate runs/r1 --engine llamacpp --split test      # finds runs/r1/gguf/
-    convsum summarize runs/r1/gguf/model-q8_0.gguf dialogues.jsonl --engine llamacpp
+    convsum summarize runs/r1/gguf/model-f16.gguf dialogues.jsonl --engine llamacpp
 
 xllamacpp (a prebuilt CPU build of llama.cpp's server) loads the model; prompts go in as token ids
 built by convsum's own tokenizer and template, so the model sees exactly its training prompt; several
