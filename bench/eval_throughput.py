@@ -14,7 +14,7 @@ Rows:
   left padding, the same batch size as convsum;
 - pipeline, unbatched: one dialogue per call, what a first script does;
 - convsum: `Summarizer` (length-sorted batches, the exact training prompt ids);
-- llamacpp: convsum's `--engine llamacpp` on RUN/gguf (q8_0 by default), with ROUGE and agreement
+- llamacpp: convsum's `--engine llamacpp` on RUN/gguf (whatever type was exported), with ROUGE and agreement
   against convsum's transformers predictions.
 """
 
@@ -107,7 +107,7 @@ def main() -> None:
         ratio = f"{best_pipe / secs:.1f}x" if best_pipe else "-"
         print(f"{name:<22}{secs:>9.1f}{60 * len(preds) / secs:>15.1f}{ratio:>18}{same:>17}"
               f"{m['rouge1']:>7.2f}{m['rougeL']:>7.2f}")
-    print("(ROUGE: mean over the 3 references; llamacpp runs the GGUF in q8_0 unless the export was another type)")
+    print("(ROUGE: mean over the 3 references; llamacpp runs the GGUF that RUN/gguf holds, in its export type)")
 
 
 if __name__ == "__main__":
