@@ -217,8 +217,8 @@ def test_tokens_per_second_counts_every_real_training_token(tiny_cfg, monkeypatc
 
     seen = []
 
-    def counting_collate(batch, pad_id):
-        out = prompt.collate(batch, pad_id)
+    def counting_collate(batch, pad_id, multiple=1):
+        out = prompt.collate(batch, pad_id, multiple)
         seen.append(int(out["attention_mask"].sum()))
         return out
 
