@@ -134,7 +134,7 @@ def run_trl(variant: str, args, out: str) -> tuple:
     cfg = _cfg({}, args, out)
     tok = load_tokenizer(cfg.model)
     tok.padding_side = "right"  # what a user of TRL would have
-    _, records, _ = train_and_held_out(cfg)  # the same examples convsum.prepare_examples picks
+    records = train_and_held_out(cfg).train  # the same examples convsum.prepare_examples picks
     rows = [{"prompt": cfg.prompt.template.format(dialogue=r.dialogue), "completion": r.summary} for r in records]
     model = load_model(cfg.model)
     # SFTConfig's default bf16=True is kept where the CPU has bf16; elsewhere it would be emulated (hours a

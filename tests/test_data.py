@@ -93,3 +93,63 @@ def test_cli_data_prints_stats(tiny_model_dir, data_dir, capsys):
     assert set(lines) == {"validation", "test"}
     assert lines["validation"].split()[1] == "24" and lines["test"].split()[2] == "3"
     assert int(lines["validation"].split()[-1]) > 0  # max_length 40 truncates some dialogues
+
+
+def _split_folder(tmp_path):
+    """train / dev / test where train repeats one dev and one test dialogue (in other case and
+    punctuation) and one of its own (other whitespace)."""
+    from conftest import write_jsonl
+
+    def rec(i, prefix):
+        return {"fname": f"{prefix}_{i}", "dialogue": f"#Person1#: Hi, this is call number {prefix} {i}.\n"
+                f"#Person2#: Hello {i}!", "summary": f"Call {prefix} {i}."}
+    d = tmp_path / "three"
+    d.mkdir()
+    dev, test = [rec(i, "dev") for i in range(10)], [rec(i, "test") for i in range(5)]
+    train = [rec(i, "train") for i in range(30)]
+    train.append({**dev[3], "fname": "train_dev3", "dialogue": dev[3]["dialogue"].upper().replace(",", "")})
+    train.append({**test[1], "fname": "train_test1", "dialogue": test[1]["dialogue"].replace("!", " !")})
+    train.append({**train[0], "fname": "train_again0", "dialogue": train[0]["dialogue"].replace(" ", "  ")})
+    write_jsonl(d / "dialogsum.train.jsonl", train)
+    write_jsonl(d / "dialogsum.dev.jsonl", dev)
+    write_jsonl(d / "dialogsum.test.jsonl", [{"fname": r["fname"], "dialogue": r["dialogue"], "summary1": r["summary"],
+                                              "summary2": r["summary"]} for r in test])
+    return d
+
+
+def test_train_split_minus_overlaps_and_selection_on_validation(tmp_path, capsys):
+    from convsum.config import load_config
+    from convsum.data import train_and_held_out
+
+    cfg = load_config(None, {"data.source": str(_split_folder(tmp_path)), "data.val_size": 4})
+    data = train_and_held_out(cfg)
+    assert (data.split, data.held_out_from) == ("train", "validation")
+    assert len(data.held_out) == 4 and all(r.id.startswith("dev_") for r in data.held_out)
+    assert data.held_out == train_and_held_out(cfg).held_out  # seeded
+    ids = {r.id for r in data.train}
+    assert len(data.train) == 31 and "train_dev3" not in ids and "train_test1" not in ids and "train_again0" in ids
+    assert data.report["dropped_overlap"] == {"validation": 1, "test": 1} and data.report["train_repeats"] == 1
+    out = capsys.readouterr().out
+    assert "dropped 1 also in validation, 1 also in test; 1 repeat" in out
+    cfg.data.drop_train_repeats = True
+    assert {r.id for r in train_and_held_out(cfg).train} == ids - {"train_again0"}
+    cfg.data.max_train_examples = 5
+    sub = train_and_held_out(cfg).train
+    assert len(sub) == 5 and [r.id for r in sub] != [f"train_{i}" for i in range(5)]  # a seeded sample, not the head
+    cfg.data.val_size = 11
+    with pytest.raises(ConvsumError, match="validation split has only 10"):
+        train_and_held_out(cfg)
+
+
+def test_run_json_records_splits_and_dropped_overlaps(tiny_cfg, tmp_path):
+    import json
+
+    from convsum import train
+
+    tiny_cfg.data.source = str(_split_folder(tmp_path))
+    tiny_cfg.train.max_steps = 1
+    train.main(tiny_cfg)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (run["train_split"], run["held_out_from"], run["held_out"], run["train_examples"]) == \
+        ("train", "validation", 4, 31)
+    assert run["data"]["dropped_overlap"] == {"validation": 1, "test": 1} and run["data"]["train_rows"] == 33

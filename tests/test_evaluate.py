@@ -27,11 +27,12 @@ def test_evaluate_writes_predictions_and_metrics_with_base_side_by_side(run, dat
     for d in ("eval-test", "eval-test-base"):
         preds = [json.loads(x) for x in (Path(run) / d / "predictions.jsonl").read_text().splitlines()]
         assert [p["fname"] for p in preds] == [f"ex_{i}" for i in range(100, 106)]
-        assert set(preds[0]) == {"fname", "dialogue", "prediction", "references"}
+        assert set(preds[0]) == {"fname", "dialogue", "prediction", "cut_off", "references"}
         assert set(preds[0]["references"]) == {"summary1", "summary2", "summary3"}
         m = json.loads((Path(run) / d / "metrics.json").read_text())
         assert m["n"] == 6 and set(m["per_reference"]) == {"summary1", "summary2", "summary3"}
         assert {"mean", "best", "gen_length_words", "time_s", "prompt_template"} <= set(m)
+        assert m["cut_off_summaries"] == sum(p["cut_off"] for p in preds)
 
 
 def test_evaluate_limit_and_output(run, data_dir, tmp_path):
@@ -131,3 +132,25 @@ def test_score_against_prints_a_paired_bootstrap(data_dir, tmp_path, capsys):
     assert cli.main(["score", str(a), "--against", str(b), "--data", str(data_dir), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["rouge1"]["a_wins"] == 1.0 and out["rouge1"]["mean_diff"] > 50 and out["rouge1"]["n"] == 6
+
+
+def test_summaries_that_hit_the_token_cap_are_counted_as_cut_off(tiny_cfg):
+    from convsum.generate import Summarizer
+    from convsum.modeling import load_tokenizer
+
+    class Engine:  # the engine contract: prompt ids in, summary ids out (stop token already removed)
+        def decode_prompts(self, prompts, gen, tokenizer, stop_ids, repeats=1, keys=None):
+            return [[5] * (gen.max_new_tokens if len(p) % 2 else 3) for p in prompts]
+
+        def close(self):
+            pass
+
+    tok = load_tokenizer(tiny_cfg.model)
+    s = Summarizer(Engine(), tok, tiny_cfg.prompt.template, tiny_cfg.generate, "x")
+    dialogues = ["a b", "a b c d e", "hello there", "x"]
+    parity = [len(s.encode(d)) % 2 == 1 for d in dialogues]
+    s.truncated = 0
+    s(dialogues)
+    assert s.cut_off_flags == parity and s.cut_off == sum(parity)
+    s(dialogues[:1])
+    assert s.cut_off == sum(parity) + parity[0]  # the count adds up over calls; the flags are the last call's

@@ -65,10 +65,14 @@ class DataConfig:
     id_field: str = _f("fname", "Column identifying a record (row number when absent).")
     max_length: int = _f(768, "Max tokens of prompt + summary + EOS when training; longer dialogues are "
                          "truncated, summaries never.")
-    val_size: int | None = _f(None, "Examples held out from the training split (eval loss, checkpoint and sweep "
-                              "selection). None: 40, or 10% when the data is too small for 40 (said in one line); "
-                              "a number is taken as asked, or is an error if it does not fit.")
-    max_train_examples: int | None = _f(None, "Use at most this many training examples (after the held-out carve).")
+    val_size: int | None = _f(None, "Held-out examples for eval loss, checkpoint and sweep selection: seeded "
+                              "dialogues of the validation split when the source has train and validation, else "
+                              "carved from the training split. None: 40, or 10% when the data is too small for 40 "
+                              "(said in one line); a number is taken as asked, or is an error if it does not fit.")
+    max_train_examples: int | None = _f(None, "Use at most this many training examples (after the held-out carve; "
+                                        "a seeded random subset when the source has a train split).")
+    drop_train_repeats: bool = _f(False, "Drop training dialogues that repeat an earlier one (compared lower-cased, "
+                                  "letters and digits only); they are counted either way.")
 
 
 @dataclass
@@ -128,6 +132,9 @@ class TrainConfig:
                                                              "the lowest held-out loss, or the highest held-out "
                                                              "ROUGE-L of greedy summaries (generated at every "
                                                              "evaluation); needs save_steps a multiple of eval_steps.")
+    eval_loss: Tristate = _f("auto", "Compute the held-out loss at each evaluation: auto = unless select_by is "
+                             "rougeL (then the loss pass is skipped: ROUGE alone selects, and evaluation costs "
+                             "half as much); true or false to force it.")
     early_stopping_patience: int = _f(0, "With select_by: stop after this many evaluations without improvement "
                                       "(0: never).")
     save_steps: int = _f(25, "Checkpoint every N steps.")

@@ -12,6 +12,7 @@ import random
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from convsum.config import Config, DataConfig
 from convsum.errors import ConvsumError
@@ -197,14 +198,76 @@ def split_held_out(records: list, size: int | None, seed: int, min_train: int = 
     return [records[i] for i in order[size:]], [records[i] for i in order[:size]]
 
 
-def train_and_held_out(cfg: Config) -> tuple[str, list[Record], list[Record]]:
-    """(split used, training records, held-out records) as `convsum train` uses them: the held-out slice
-    carved with the run's seed, then at most data.max_train_examples of the rest."""
-    split, records = training_split(cfg.data)
-    train, held_out = split_held_out(records, cfg.data.val_size, cfg.train.seed, min_train=cfg.train.batch_size)
+def dialogue_key(text: str) -> str:
+    """A dialogue compared across splits: lower-cased, letters and digits only (the comparison
+    ../shared/README.md counts DialogSum's overlaps with)."""
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+class TrainingData(NamedTuple):
+    """What `convsum train` learns from and selects on, and where each part came from (run.json)."""
+    split: str  # the split trained on
+    train: list[Record]
+    held_out: list[Record]
+    held_out_from: str = ""  # the split the held-out slice was drawn from
+    report: dict = {}  # counts for run.json: rows read, overlaps dropped, repeats
+
+
+def _with_validation(cfg: Config, splits: list[str]) -> TrainingData:
+    """Train on train and select on validation, as the dataset means them. Training dialogues that also
+    occur in validation or test are dropped (only the other splits' dialogues are compared, never their
+    summaries); repeats inside train are counted, and dropped with data.drop_train_repeats."""
+    train, val = load_split(cfg.data, "train"), load_split(cfg.data, "validation")
+    others = {"validation": {dialogue_key(r.dialogue) for r in val}}
+    if "test" in splits:
+        others["test"] = {dialogue_key(r.dialogue) for r in load_split(cfg.data, "test")}
+    dropped = {name: 0 for name in others}
+    kept, seen, repeats = [], set(), 0
+    for r in train:
+        key = dialogue_key(r.dialogue)
+        hit = next((name for name, keys in others.items() if key in keys), None)
+        if hit:
+            dropped[hit] += 1
+            continue
+        repeats += key in seen
+        if key in seen and cfg.data.drop_train_repeats:
+            continue
+        seen.add(key)
+        kept.append(r)
+    report = {"train_rows": len(train), "dropped_overlap": dropped, "train_repeats": repeats,
+              "train_repeats_dropped": repeats if cfg.data.drop_train_repeats else 0, "validation_rows": len(val)}
+    print(f"convsum: train split: {len(train)} dialogues; dropped " +
+          ", ".join(f"{n} also in {name}" for name, n in dropped.items()) +
+          f"; {repeats} repeat an earlier training dialogue ("
+          f"{'dropped' if cfg.data.drop_train_repeats else 'kept; data.drop_train_repeats=true drops them'})")
+    size = DEFAULT_VAL_SIZE if cfg.data.val_size is None else cfg.data.val_size
+    if size > len(val):
+        raise ConvsumError(f"data.val_size={size}: the validation split has only {len(val)} examples")
+    order = list(range(len(val)))
+    random.Random(cfg.train.seed).shuffle(order)
+    held_out = [val[i] for i in order[:size]]
+    random.Random(cfg.train.seed).shuffle(kept)  # so max_train_examples takes a random subset, not the file's head
+    return TrainingData("train", kept, held_out, "validation", report)
+
+
+def train_and_held_out(cfg: Config) -> TrainingData:
+    """The data `convsum train` (and sweep, `--split held-out`, the benches) uses. With both a train and a
+    validation split: train on train (minus overlaps), select on data.val_size seeded validation dialogues.
+    Otherwise the held-out slice is carved from the one training split with the run's seed. Then at most
+    data.max_train_examples training records."""
+    splits = available_splits(cfg.data)
+    if Path(cfg.data.source).expanduser().is_dir() and {"train", "validation"} <= set(splits):
+        data = _with_validation(cfg, splits)
+    else:
+        split, records = training_split(cfg.data)
+        train, held_out = split_held_out(records, cfg.data.val_size, cfg.train.seed, min_train=cfg.train.batch_size)
+        data = TrainingData(split, train, held_out, split, {f"{split}_rows": len(records)})
     if cfg.data.max_train_examples is not None:
-        train = train[: cfg.data.max_train_examples]
-    return split, train, held_out
+        data = data._replace(train=data.train[: cfg.data.max_train_examples])
+    if len(data.train) < cfg.train.batch_size:
+        raise ConvsumError(f"{cfg.data.source}: {len(data.train)} training examples, fewer than one batch "
+                           f"({cfg.train.batch_size})")
+    return data
 
 
 def _summ(xs: list[int]) -> str:

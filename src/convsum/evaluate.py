@@ -41,11 +41,13 @@ def generate_sharded(summarizer, dialogues: list[str], desc: str) -> list[str]:
         return summarizer(dialogues, progress=True, desc=desc)
     with state.split_between_processes(list(range(len(dialogues)))) as mine:
         preds = summarizer([dialogues[i] for i in mine], progress=state.is_main_process, desc=desc)
-        pairs = gather_object([list(zip(mine, preds))])
-    out = [""] * len(dialogues)
+        pairs = gather_object([list(zip(mine, preds, summarizer.cut_off_flags))])
+    out, flags = [""] * len(dialogues), [False] * len(dialogues)
     for chunk in pairs:
-        for i, p in chunk:
-            out[i] = p
+        for i, p, cut in chunk:
+            out[i], flags[i] = p, cut
+    summarizer.cut_off_flags = flags  # every process's, in order (the count is the whole set's)
+    summarizer.cut_off = sum(flags)
     return out
 
 
@@ -62,11 +64,13 @@ def evaluate_model(summarizer, records: list[Record], out: EvalDir | Path, split
     result = metrics.score_pairs(preds, [r.references for r in records], records[0].reference_names)
     result.update(model=summarizer.name, **summarizer.info, split=split, time_s=round(elapsed, 1),
                   dialogues_per_min=round(60 * len(records) / elapsed, 1) if elapsed > 0 else None,
-                  truncated_dialogues=summarizer.truncated, generate=summarizer.gen.settings(),
+                  truncated_dialogues=summarizer.truncated, cut_off_summaries=sum(summarizer.cut_off_flags),
+                  generate=summarizer.gen.settings(),
                   prompt_template=summarizer.template, prompt_format=summarizer.prompt_format)
     atomic_write_jsonl(out.predictions, (
-        {"fname": r.id, "dialogue": r.dialogue, "prediction": p, "references": dict(zip(r.reference_names, r.references))}
-        for r, p in zip(records, preds)))
+        {"fname": r.id, "dialogue": r.dialogue, "prediction": p, "cut_off": cut,
+         "references": dict(zip(r.reference_names, r.references))}
+        for r, p, cut in zip(records, preds, summarizer.cut_off_flags)))
     atomic_write_json(out.metrics, result)
     return result
 
@@ -115,6 +119,10 @@ def main(cfg: Config, target: str | None = None, base: bool = False, split: str 
         if not PartialState().is_main_process:
             continue
         report_truncated(summarizer, len(records))
+        cut = results[label]["cut_off_summaries"]
+        if cut:
+            print(f"convsum: {label}: {cut} of {len(records)} summaries ({100 * cut / len(records):.1f}%) stopped at "
+                  f"generate.max_new_tokens={summarizer.gen.max_new_tokens} without ending (cut off)")
         print(f"convsum: {label}: {len(records)} dialogues in {results[label]['time_s']:.0f} s; "
               f"wrote {out_dir.predictions} and {out_dir.metrics.name}")
         del summarizer

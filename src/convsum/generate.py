@@ -93,6 +93,8 @@ class Summarizer:
             self.model.generation_config = self.gen.generation_config(self.tokenizer, self.fmt.stop_ids)
         self.truncated = 0  # prompts whose dialogue was cut to fit generate.max_input_tokens
         self.candidates = 0  # sequences decoded by mbr (samples + greedy)
+        self.cut_off = 0  # summaries that ran into max_new_tokens without a stop token (most: loops)
+        self.cut_off_flags: list[bool] = []  # per dialogue, for the last __call__
 
     @property
     def supports_beam(self) -> bool:
@@ -133,6 +135,7 @@ class Summarizer:
         prompts = [self.encode(d) for d in dialogues]
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first: OOM shows early
         out: list[str] = [""] * len(prompts)
+        flags = [False] * len(prompts)
         bs = self.gen.batch_size
         t0, c0 = time.perf_counter(), self.candidates
         with tqdm(total=len(prompts), desc=desc, disable=not progress, unit="dlg") as bar:
@@ -140,9 +143,12 @@ class Summarizer:
                 chunk = order[start:start + bs]
                 for i, ids in zip(chunk, self.generate_ids([prompts[i] for i in chunk])):
                     out[i] = self.decode(ids)
+                    flags[i] = len(ids) >= self.gen.max_new_tokens
                 bar.update(len(chunk))
                 if self.gen.strategy == "mbr":
                     bar.set_postfix(candidates_per_s=f"{(self.candidates - c0) / (time.perf_counter() - t0):.1f}")
+        self.cut_off_flags = flags
+        self.cut_off += sum(flags)
         return out
 
 

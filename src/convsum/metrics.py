@@ -173,9 +173,11 @@ def format_table(rows: dict[str, dict], refs=("summary1", "mean")) -> str:
     with_ci = any("ci95" in m for m in rows.values())
     name_w = max(len("model"), *(len(name) for name in rows))
     group_w = 6 * len(KEYS)
+    with_cut = any("cut_off_summaries" in m for m in rows.values())
     lines = [
-        "model".ljust(name_w) + "".join(f" | {label:<{group_w}}" for label in labels),
-        " " * name_w + f" | {''.join(f'{_LABELS[k]:>6}' for k in KEYS)}" * len(labels),
+        "model".ljust(name_w) + "".join(f" | {label:<{group_w}}" for label in labels) + (" | cut off" if with_cut else ""),
+        " " * name_w + f" | {''.join(f'{_LABELS[k]:>6}' for k in KEYS)}" * len(labels)
+        + (" | (at the token cap)" if with_cut else ""),
     ]
     for name, metrics in rows.items():
         cells = {label: (scores, ci) for label, scores, ci in (_column(metrics, ref) for ref in refs)}
@@ -185,7 +187,9 @@ def format_table(rows: dict[str, dict], refs=("summary1", "mean")) -> str:
             groups.append("".join(f"{scores[k]:6.1f}" if scores else f"{'-':>6}" for k in KEYS))
             halves.append("".join(f"{'±' + format((ci[k][1] - ci[k][0]) / 2, '.1f'):>6}" if ci else f"{'':>6}"
                                   for k in KEYS))
-        lines.append(name.ljust(name_w) + "".join(f" | {g}" for g in groups))
+        cut = metrics.get("cut_off_summaries")
+        lines.append(name.ljust(name_w) + "".join(f" | {g}" for g in groups)
+                     + (f" | {cut if cut is not None else '-':>7}" if with_cut else ""))
         if with_ci:
             lines.append(" " * name_w + "".join(f" | {h}" for h in halves))
     if with_ci:

@@ -76,7 +76,7 @@ def run_one(cfg: Config, run_dir: Path) -> dict:
             raise ConvsumError(f"sweep interrupted in {run_dir}; re-run the same command to resume")
     held_out_eval = run.eval_dir(HELD_OUT)
     if not held_out_eval.exists():
-        _, _, records = train_and_held_out(cfg)  # the slice this run held out (same seed, same carve)
+        records = train_and_held_out(cfg).held_out  # the slice this run held out (same seed, same carve)
         if not records:
             raise ConvsumError("data.val_size is 0: a sweep needs a held-out slice to select on")
         evaluate_model(load_summarizer(str(run_dir), cfg), records, held_out_eval, HELD_OUT)

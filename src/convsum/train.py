@@ -43,17 +43,25 @@ from convsum.rundir import RunDir, write_model_info
 
 class SummaryTrainer(Trainer):
     def __init__(self, *args, summary_only_logits: bool = True, fused_loss: bool = True, held_out_rouge=None,
-                 **kwargs):
+                 eval_loss: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
+        self.eval_loss = eval_loss
         self.summary_only_logits, self.fused_loss = summary_only_logits, fused_loss
         self.held_out_rouge = held_out_rouge  # model -> {"rougeL": ...}: summaries of the held-out slice scored
 
     def evaluation_loop(self, *args, **kwargs):
         # Held-out ROUGE joins the eval loss in the same metrics dict, so logging, best-checkpoint
         # tracking (metric_for_best_model="eval_rougeL") and early stopping see it like any metric.
-        out = super().evaluation_loop(*args, **kwargs)
+        # Selecting by ROUGE, the loss pass is skipped unless asked for: it is a second full pass over
+        # the held-out slice, in shapes the training kernels then have to be rebuilt after.
+        prefix = kwargs.get("metric_key_prefix", "eval")
+        if self.held_out_rouge is not None and not self.eval_loss:
+            from transformers.trainer_utils import EvalLoopOutput
+
+            out = EvalLoopOutput(predictions=None, label_ids=None, metrics={}, num_samples=len(self.eval_dataset))
+        else:
+            out = super().evaluation_loop(*args, **kwargs)
         if self.held_out_rouge is not None:
-            prefix = kwargs.get("metric_key_prefix", "eval")
             out.metrics.update({f"{prefix}_{k}": v for k, v in
                                 self.held_out_rouge(self.accelerator.unwrap_model(self.model)).items()})
         return out
@@ -176,9 +184,11 @@ class Progress(ProgressCallback):
         dt = time.perf_counter() - (self.t0 or time.perf_counter())
         if dt > 0:
             post["tok/s"] = f"{(state.num_input_tokens_seen - self.tok0) / dt:.0f}"
-        if "eval_loss" in logs:
-            rouge = f", ROUGE-L {logs['eval_rougeL']:.1f}" if "eval_rougeL" in logs else ""
-            self.training_bar.write(f"step {state.global_step}: eval_loss {logs['eval_loss']:.4f}{rouge}")
+        if "eval_loss" in logs or "eval_rougeL" in logs:
+            parts = [f"eval_loss {logs['eval_loss']:.4f}"] if "eval_loss" in logs else []
+            if "eval_rougeL" in logs:
+                parts.append(f"ROUGE-L {logs['eval_rougeL']:.1f} ({logs.get('eval_cut_off', 0)} cut off)")
+            self.training_bar.write(f"step {state.global_step}: " + ", ".join(parts))
         self.training_bar.set_postfix(post, refresh=True)
 
 
@@ -242,7 +252,7 @@ def tokenize_examples(cfg: Config, tokenizer, records) -> tuple[list[dict], int]
 def prepare_examples(cfg: Config, tokenizer, records: tuple | None = None) -> tuple[str, list[dict], list[dict], int]:
     """(split used, train examples, held-out examples, truncated count); `records`: data.train_and_held_out's
     result when the caller already has it."""
-    split, train_records, held_out = records or data_stage.train_and_held_out(cfg)
+    split, train_records, held_out = (records or data_stage.train_and_held_out(cfg))[:3]
     (train_ex, t1), (val_ex, t2) = tokenize_examples(cfg, tokenizer, train_records), \
         tokenize_examples(cfg, tokenizer, held_out)
     return split, train_ex, val_ex, t1 + t2
@@ -262,10 +272,12 @@ def held_out_scorer(cfg: Config, tokenizer, records, bf16: bool):
     def score(model) -> dict[str, float]:
         was_training = model.training
         summarizer = Summarizer(model, tokenizer, cfg.prompt.template, gen, "held-out", prompt_format=cfg.prompt.format)
+        t0 = time.perf_counter()
         preds = generate_sharded(summarizer, dialogues, "held-out summaries")
         model.train(was_training)
         m = metrics.score_pairs(preds, refs)
-        return {**m["mean"], "gen_length_words": m["gen_length_words"]}
+        return {**m["mean"], "gen_length_words": m["gen_length_words"], "cut_off": summarizer.cut_off,
+                "generate_s": round(time.perf_counter() - t0, 1)}
 
     return score
 
@@ -310,7 +322,8 @@ def build_trainer(cfg: Config, model, tokenizer, train_ex: list[dict], val_ex: l
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id, cfg.train.pad_to_multiple_of),
         callbacks=[RunLog(log_path), stopper, ReleaseMemory()],
         summary_only_logits=cfg.train.summary_only_logits, fused_loss=cfg.train.fused_loss,
-        held_out_rouge=held_out_rouge,
+        held_out_rouge=held_out_rouge, eval_loss=cfg.train.eval_loss != "false" and (
+            cfg.train.eval_loss == "true" or cfg.train.select_by != "rougeL"),
     )
     if cfg.train.early_stopping_patience and args.load_best_model_at_end:
         from transformers import EarlyStoppingCallback
@@ -337,7 +350,7 @@ def main(cfg: Config, resume: bool = False) -> dict:
         tokenizer = load_tokenizer(cfg.model)
     records = data_stage.train_and_held_out(cfg)
     split, train_ex, val_ex, truncated = prepare_examples(cfg, tokenizer, records)
-    held_out = records[2]
+    held_out = records.held_out
     if cfg.train.select_by != "last" and not val_ex:
         raise ConvsumError(f"train.select_by={cfg.train.select_by} needs a held-out slice, and this one is empty")
     _, base_revision = resolve(cfg.model)
@@ -350,11 +363,13 @@ def main(cfg: Config, resume: bool = False) -> dict:
         atomic_write_json(run.info, {
             "base_model": cfg.model.name, "base_revision": base_revision, "prompt_template": cfg.prompt.template,
             "prompt_format": cfg.prompt.format, "method": cfg.train.method, "data_source": cfg.data.source, "train_split": split,
-            "held_out": len(val_ex), "held_out_from": split, "train_examples": len(train_ex),
+            "held_out": len(val_ex), "held_out_from": records.held_out_from, "train_examples": len(train_ex),
+            "data": records.report,
             "truncated_dialogues": truncated, "effective_batch": effective_batch,
             "num_processes": state.num_processes, "bf16": bf16,
         })
-        print(f"convsum: {len(train_ex)} training examples from split {split!r}, {len(val_ex)} held out; "
+        print(f"convsum: {len(train_ex)} training examples from split {split!r}, {len(val_ex)} held out "
+              f"(from {records.held_out_from!r}); "
               f"{truncated} dialogues truncated to fit data.max_length={cfg.data.max_length}")
         if resume:  # drop log lines written after the checkpoint we resume from
             run.truncate_log(int(Path(last).name.split("-")[-1]))
@@ -388,7 +403,7 @@ def main(cfg: Config, resume: bool = False) -> dict:
 
     # The step whose weights the run keeps: the last, or the best evaluated one (loaded back by the Trainer).
     kept_step = (trainer.state.best_global_step if args.load_best_model_at_end else None) or trainer.state.global_step
-    evals = {h["step"]: h for h in trainer.state.log_history if "eval_loss" in h}
+    evals = {h["step"]: h for h in trainer.state.log_history if "eval_loss" in h or "eval_rougeL" in h}
     kept = (evals.get(kept_step) or trainer.evaluate()) if val_ex else {}
     run_log = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, RunLog))
     tokens = trainer.state.num_input_tokens_seen - run_log.session_start_tokens
