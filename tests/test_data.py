@@ -83,7 +83,8 @@ def test_cli_bad_input_exits_nonzero_without_traceback(tmp_path, capsys):
     code = cli.main(["data", "--data", str(p)])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    assert err.strip().splitlines() == [f"convsum: error: {p}:1: field 'summary' must be a string, got int"]
+    assert err.strip().splitlines() == [f"convsum: error: {p}:1: field 'summary' must be a string, got int "
+                                        "(data.on_invalid=skip drops such rows)"]
 
 
 def test_cli_data_prints_stats(tiny_model_dir, data_dir, capsys):
@@ -92,7 +93,9 @@ def test_cli_data_prints_stats(tiny_model_dir, data_dir, capsys):
     lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.split() and ln.split()[0] in ("validation", "test")}
     assert set(lines) == {"validation", "test"}
     assert lines["validation"].split()[1] == "24" and lines["test"].split()[2] == "3"
-    assert int(lines["validation"].split()[-1]) > 0  # max_length 40 truncates some dialogues
+    assert int(lines["validation"].split()[-2]) > 0  # max_length 40 truncates some dialogues
+    assert lines["validation"].split()[-1] == "0"  # nothing skipped
+    assert "dialogues in two splits: validation/test 0" in out
 
 
 def _split_folder(tmp_path):

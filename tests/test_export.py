@@ -96,7 +96,7 @@ def test_q8_0_export_reports_held_out_agreement_and_evaluate_runs_on_llamacpp(sp
     assert _fields(RunDir(run).path / "gguf" / "model-q8_0.gguf")["file_type"] == 7  # MOSTLY_Q8_0
     assert f"held-out {check['held_out_identical']}/4 identical" in capsys.readouterr().out
     data = cfg.data.source
-    assert cli.main(["evaluate", str(run), "--engine", "llamacpp", "--data", data, "--split", "validation",
+    assert cli.main(["evaluate", str(run), "--engine", "llamacpp", "--data", data, "--split", "test",
                      "--limit", "3", "--output", str(tmp_path / "e")]) == 0
     m = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert m["n"] == 3 and m["engine"] == "llamacpp"

@@ -68,20 +68,30 @@ def test_select_by_rouge_keeps_the_best_checkpoint_and_stops_early(tiny_cfg, mon
     assert summary["steps"] == 8  # evaluations at 6 and 8 did not improve: stopped
     log = RunDir(tiny_cfg.train.output_dir).read_log()
     assert [r["eval_rougeL"] for r in log if "eval_rougeL" in r] == [10.0, 30.0, 20.0, 15.0]
+    assert not any("eval_loss" in r for r in log)  # selecting by ROUGE skips the loss pass (train.eval_loss auto)
     kept = load_file(str(RunDir(tiny_cfg.train.output_dir).adapter_weights))
     best = load_file(str(RunDir(tiny_cfg.train.output_dir).checkpoints / "checkpoint-4" / "adapter_model.safetensors"))
     for k in kept:
         torch.testing.assert_close(kept[k], best[k.replace(".default", "")] if k not in best else best[k])
 
 
-def test_select_by_rouge_really_generates_on_the_held_out_slice(tiny_cfg):
+def test_select_by_rouge_really_generates_on_the_held_out_slice(tiny_cfg, tmp_path):
     tiny_cfg.train.max_steps = 2
     tiny_cfg.train.eval_steps = 2
     tiny_cfg.train.save_steps = 2
     tiny_cfg.train.select_by = "rougeL"
+    tiny_cfg.train.eval_loss = "true"
     summary = train.main(tiny_cfg)
     log = [r for r in RunDir(tiny_cfg.train.output_dir).read_log() if "eval_rougeL" in r]
-    assert len(log) == 1 and 0 <= log[0]["eval_rougeL"] <= 100 and summary["eval_rougeL"] == log[0]["eval_rougeL"]
+    assert len(log) == 1 and summary["eval_rougeL"] == log[0]["eval_rougeL"] and "eval_loss" in log[0]
+    assert log[0]["eval_cut_off"] >= 0 and log[0]["eval_generate_s"] > 0
+    # The in-training score is the score of the kept adapter's greedy summaries of the held-out slice,
+    # generated the way `convsum evaluate` does (sdpa, eval mode), not an approximation of it.
+    from convsum import evaluate
+
+    res = evaluate.main(tiny_cfg, tiny_cfg.train.output_dir, split="held-out", output=str(tmp_path / "ev"))
+    assert res["fine-tuned"]["mean"]["rougeL"] == pytest.approx(log[0]["eval_rougeL"], abs=1e-9)
+    assert res["fine-tuned"]["cut_off_summaries"] == log[0]["eval_cut_off"]
 
 
 @pytest.mark.parametrize("bad,msg", [

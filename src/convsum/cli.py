@@ -77,7 +77,8 @@ def cmd_evaluate(args):
     from convsum import evaluate
 
     evaluate.main(_config(args, run_dir=args.target), target=args.target, base=args.base, split=args.split,
-                  limit=args.limit, output=args.eval_output, compare_base=args.compare_base)
+                  limit=args.limit, output=args.eval_output, compare_base=args.compare_base,
+                  allow_train_data=args.allow_train_data)
 
 
 def cmd_score(args):
@@ -175,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="test, validation, train, or held-out (the run's held-out slice)")
     p.add_argument("--limit", type=int, help="first N dialogues of the split")
     p.add_argument("--output", dest="eval_output", help="folder for the predictions and metrics (default: inside the run folder)")
+    p.add_argument("--allow-train-data", action="store_true",
+                   help="score a run on the file or split it was trained on (refused otherwise)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("score", help="score a predictions file (.txt or .jsonl) without a model")

@@ -57,12 +57,19 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = _f("knkarthick/dialogsum", "A folder with dialogsum.{train,dev,test}.jsonl, a .jsonl/.csv "
-                     "file (used for whichever split is asked for), or a Hugging Face dataset id.")
-    dialogue_field: str = _f("dialogue", "Column holding the conversation.")
-    summary_field: str = _f("summary", "Column holding the reference summary; if absent, "
-                            "`<summary_field>1`, `<summary_field>2`, ... are the references.")
-    id_field: str = _f("fname", "Column identifying a record (row number when absent).")
+    source: str = _f("knkarthick/dialogsum", "A folder of split files ({split}.EXT, NAME.{split}.EXT, NAME_{split}.EXT "
+                     "or the Hub's data/{split}-00000-of-00001.parquet; EXT jsonl, json, csv or parquet; dev/val/valid "
+                     "= validation), one such file (used for whichever split is asked for; evaluating a run on the "
+                     "file it trained on needs --allow-train-data), or a Hugging Face dataset id.")
+    dialogue_field: str = _f("dialogue", "Column holding the conversation; left at the default and absent, the one of "
+                             "dialog/conversation/text/input the file has is used (said in one line).")
+    summary_field: str = _f("summary", "Column holding the reference summary; if absent, `<summary_field>1`, "
+                            "`<summary_field>2`, ... are the references; else the one of target/output/label/"
+                            "highlights the file has.")
+    id_field: str = _f("fname", "Column identifying a record; else id or ID; else the row number.")
+    on_invalid: Literal["error", "skip"] = _f("error", "A bad row (unparsable line, missing/empty/non-string field, "
+                                              "duplicate id): error stops with file:line; skip drops it, counts it "
+                                              "(run.json, `convsum data`) and shows the first few.")
     max_length: int = _f(768, "Max tokens of prompt + summary + EOS when training; longer dialogues are "
                          "truncated, summaries never.")
     val_size: int | None = _f(None, "Held-out examples for eval loss, checkpoint and sweep selection: seeded "

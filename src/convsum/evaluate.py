@@ -18,10 +18,10 @@ from pathlib import Path
 
 from convsum import metrics
 from convsum.config import Config
-from convsum.data import Record, canonical_split, load_split, train_and_held_out
+from convsum.data import Record, canonical_split, is_single_file, load_split, train_and_held_out
 from convsum.errors import ConvsumError
 from convsum.io import atomic_write_json, atomic_write_jsonl, jsonl_objects, read_utf8
-from convsum.rundir import HELD_OUT, EvalDir, RunDir
+from convsum.rundir import HELD_OUT, EvalDir, RunDir, is_run
 
 
 def default_output(target: str | None, cfg: Config, split: str, limit: int | None, base: bool) -> EvalDir:
@@ -75,6 +75,25 @@ def evaluate_model(summarizer, records: list[Record], out: EvalDir | Path, split
     return result
 
 
+def _same_source(a: str, b: str) -> bool:
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.resolve() == pb.resolve() if pa.exists() and pb.exists() else a == b
+
+
+def check_not_training_data(target: str | None, cfg: Config, split: str) -> None:
+    """Scoring a run on the data it learned from measures memory, not summarization: refuse, in one line."""
+    if not target or split == HELD_OUT or not is_run(target):
+        return
+    run = RunDir(target).read()[1]
+    source, trained = run.get("data_source"), run.get("train_split")
+    if not source or not _same_source(source, cfg.data.source):
+        return
+    if is_single_file(cfg.data) or split == trained:
+        what = "that very file" if is_single_file(cfg.data) else f"its {trained} split"
+        raise ConvsumError(f"{target} was trained on {source} ({what}): scores there measure what it memorised. "
+                           "Evaluate another split or file, or --split held-out; --allow-train-data to do it anyway")
+
+
 def split_records(cfg: Config, split: str) -> tuple[str, list[Record]]:
     """A split's records; `held-out` is the slice a run with this config held out of its training split
     (same size, same seed, same carve)."""
@@ -88,7 +107,7 @@ def split_records(cfg: Config, split: str) -> tuple[str, list[Record]]:
 
 
 def main(cfg: Config, target: str | None = None, base: bool = False, split: str = "test", limit: int | None = None,
-         output: str | None = None, compare_base: bool = False) -> dict[str, dict]:
+         output: str | None = None, compare_base: bool = False, allow_train_data: bool = False) -> dict[str, dict]:
     from accelerate import PartialState
 
     from convsum.generate import load_summarizer, report_truncated
@@ -96,6 +115,8 @@ def main(cfg: Config, target: str | None = None, base: bool = False, split: str 
     if target is None and not base:
         raise ConvsumError("give a RUN_DIR (or a merged model folder / model id) to evaluate, or --base")
     split, records = split_records(cfg, split)
+    if not allow_train_data:
+        check_not_training_data(target, cfg, split)
     if limit is not None:
         if limit < 1:
             raise ConvsumError("--limit: must be a positive number")

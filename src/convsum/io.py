@@ -126,3 +126,11 @@ def jsonl_objects(text: str, where: str) -> list[tuple[int, dict]]:
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def clean_text(text: str) -> str:
+    """The one text normalisation, applied to dialogues and summaries when data is read and to every
+    dialogue a model is given (train, evaluate, summarize, serve): CRLF/CR -> LF, trailing spaces of
+    each line and blank lines at both ends removed. Everything else (emoji included) is kept as is."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return "\n".join(line.rstrip() for line in text.split("\n")).strip()

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from convsum.config import Config, GenerateConfig
-from convsum.errors import ConvsumError
+from convsum.errors import ConvsumError, first_line
 from convsum.io import read_json
 
 TOP_K = 64  # the same candidate pool as decoding.SeededSampler
@@ -53,7 +53,7 @@ class LlamaCppEngine:
         try:
             self.server = xlc.Server(p)
         except Exception as e:  # xllamacpp raises plain RuntimeErrors
-            raise ConvsumError(f"llama.cpp could not load {gguf}: {str(e).splitlines()[0][:200]}") from None
+            raise ConvsumError(f"llama.cpp could not load {gguf}: {first_line(e)}") from None
         self.slots, self.ctx_per_slot = slots, ctx_per_slot
 
     def _post(self, body: dict) -> list[dict]:

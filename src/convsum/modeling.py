@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from convsum.config import BUNDLED_MODEL, LoraConfig, ModelConfig
-from convsum.errors import ConvsumError
+from convsum.errors import ConvsumError, first_line
 from convsum.io import atomic_dir
 
 log = logging.getLogger("convsum")
@@ -93,7 +93,7 @@ def resolve(cfg: ModelConfig) -> tuple[str, str | None]:
 
 
 def _load_error(name: str, e: Exception) -> ConvsumError:
-    reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+    reason = first_line(e)
     return ConvsumError(f"cannot load model {name!r}: {reason} (offline? give a local folder or {BUNDLED_MODEL})")
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from convsum.errors import ConvsumError
+from convsum.io import clean_text
 
 IGNORE_INDEX = -100
 
@@ -70,7 +71,7 @@ class PromptFormatter:
 
     def prompt_ids(self, dialogue: str, max_prompt_tokens: int) -> tuple[list[int], bool]:
         """Prompt ids with the dialogue cut (at its end) so the whole prompt fits; returns (ids, truncated)."""
-        d = self._enc(dialogue)
+        d = self._enc(clean_text(dialogue))  # the same normalisation the data loader applies
         budget = max_prompt_tokens - len(self.head) - len(self.tail)
         if budget < 1:
             raise ConvsumError(f"the prompt template alone is {len(self.head) + len(self.tail)} tokens, "
@@ -81,7 +82,7 @@ class PromptFormatter:
     def build_train(self, dialogue: str, summary: str, max_length: int) -> Example:
         """input_ids = prompt + summary + EOS (or end-of-turn); labels mask the prompt so only the summary
         and its end are learned."""
-        target = self._enc(summary) + [self.eos]
+        target = self._enc(clean_text(summary)) + [self.eos]
         room = max_length - len(target)
         if room < len(self.head) + len(self.tail) + 1:
             raise ConvsumError(f"a summary of {len(target) - 1} tokens leaves no room for the dialogue within "

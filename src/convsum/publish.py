@@ -16,7 +16,7 @@ from pathlib import Path
 
 from convsum.card import BUNDLED_HUB_ID, card_inputs, model_card
 from convsum.config import BUNDLED_MODEL
-from convsum.errors import ConvsumError
+from convsum.errors import ConvsumError, first_line
 from convsum.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunDir, is_run
 
 
@@ -81,12 +81,12 @@ def main(folder: str, repo_id: str, private: bool = False, revision: str | None 
                    404: "repo or branch not found"}.get(status, f"HTTP {status}")
             raise ConvsumError(f"push to {repo_id} failed: {why}") from None
         except ValueError as e:  # e.g. the Hub rejected the card's metadata
-            raise ConvsumError(f"push to {repo_id} refused: {str(e).splitlines()[0][:200]}") from None
+            raise ConvsumError(f"push to {repo_id} refused: {first_line(e)}") from None
         except Exception as e:  # transport errors (httpx, DNS, timeouts) have no common public base class
             if not (isinstance(e, OSError) or "httpx" in type(e).__module__ or "Timeout" in type(e).__name__
                     or "Connect" in type(e).__name__):
                 raise
             raise ConvsumError(f"cannot reach the Hugging Face Hub ({type(e).__name__}: "
-                               f"{str(e).splitlines()[0][:150] if str(e) else ''}); offline?") from None
+                               f"{first_line(e, 150) if str(e) else ''}); offline?") from None
     print(f"convsum: pushed the {kind} to {url}")
     return str(url)

@@ -271,10 +271,17 @@ def held_out_scorer(cfg: Config, tokenizer, records, bf16: bool):
 
     def score(model) -> dict[str, float]:
         was_training = model.training
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        attn = base.config._attn_implementation
+        if cfg.model.attn_implementation == "auto" and attn == "eager":
+            base.set_attn_implementation("sdpa")  # what generation uses everywhere else (faster there)
         summarizer = Summarizer(model, tokenizer, cfg.prompt.template, gen, "held-out", prompt_format=cfg.prompt.format)
         t0 = time.perf_counter()
-        preds = generate_sharded(summarizer, dialogues, "held-out summaries")
-        model.train(was_training)
+        try:
+            preds = generate_sharded(summarizer, dialogues, "held-out summaries")
+        finally:
+            base.set_attn_implementation(attn)
+            model.train(was_training)
         m = metrics.score_pairs(preds, refs)
         return {**m["mean"], "gen_length_words": m["gen_length_words"], "cut_off": summarizer.cut_off,
                 "generate_s": round(time.perf_counter() - t0, 1)}
