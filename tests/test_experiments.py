@@ -71,6 +71,7 @@ def _tiny_run_with_eval(tiny_cfg, out: Path, r: int) -> Path:
 
     tiny_cfg.train.output_dir = str(out)
     tiny_cfg.lora.r = r
+    tiny_cfg.train.select_by = "rougeL"  # evaluations with held-out ROUGE-L: the report's scaling plot
     train.main(tiny_cfg)
     evaluate.main(tiny_cfg, target=str(out), split="test", compare_base=True)
     return out
@@ -81,12 +82,12 @@ def test_report_from_two_runs(tiny_cfg, tmp_path):
     b = _tiny_run_with_eval(tiny_cfg, tmp_path / "b", 4)
     assert cli.main(["report", str(a), str(b), "--output", str(tmp_path / "rep" / "report.html")]) == 0
     html = (tmp_path / "rep" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 4
     assert "best examples by ROUGE-L" in html and "worst examples by ROUGE-L" in html and "base" in html
     assert "mean summary length (words), predicted vs references" in html and "±" in html
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "![curves](report_files/curves.png)" in md
-    for name in ("curves", "rouge", "lengths"):
+    for name in ("curves", "scaling", "rouge", "lengths"):
         png = (tmp_path / "rep" / "report_files" / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
         from PIL import Image
@@ -115,3 +116,17 @@ def test_example_task_trains_end_to_end(tiny_model_dir, tmp_path, capsys, monkey
     capsys.readouterr()
     assert cli.main(["summarize", str(run), str(notes), "--set", "data.dialogue_field=notes", "--json"]) == 0
     assert "summary" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_report_draws_held_out_rouge_against_dialogues_seen_and_minutes(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"effective_batch": 8, "started": 1000.0, "base_model": "x"}))
+    (run / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in [
+        {"step": 10, "loss": 2.0, "time": 1060.0}, {"step": 25, "eval_rougeL": 30.0, "time": 1300.0},
+        {"step": 50, "eval_rougeL": 33.5, "time": 1600.0}]))
+    r = report.load_run(run)
+    assert report.learning_points(r) == [{"examples": 200, "rougeL": 30.0, "minutes": 5.0},
+                                         {"examples": 400, "rougeL": 33.5, "minutes": 10.0}]
+    png = report.plot_scaling([r])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

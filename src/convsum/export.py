@@ -1,6 +1,6 @@
 """Export stage: GGUF files for llama.cpp, Ollama and LM Studio, checked before success is reported.
 
-    convsum export runs/r1 --format gguf                    # merged model, q8_0: runs/r1/gguf/
+    convsum export runs/r1 --format gguf                    # merged model, f16: runs/r1/gguf/
     convsum export runs/r1 --format gguf --outtype f16 --output exports/r1
     convsum export runs/r1 --format gguf --adapter-only     # base GGUF + the LoRA as a GGUF (llama.cpp --lora)
 

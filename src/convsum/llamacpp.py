@@ -23,10 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from convsum.config import Config, GenerateConfig
+from convsum.decoding import TOP_K  # the same candidate pool as decoding.SeededSampler
 from convsum.errors import ConvsumError, first_line
 from convsum.io import read_json
-
-TOP_K = 64  # the same candidate pool as decoding.SeededSampler
 
 
 class LlamaCppEngine:

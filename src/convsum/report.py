@@ -17,7 +17,7 @@ from pathlib import Path
 
 from convsum import metrics
 from convsum.errors import ConvsumError
-from convsum.io import atomic_write_text
+from convsum.io import atomic_write_text, read_json
 from convsum.rundir import HELD_OUT, RunDir
 
 
@@ -27,6 +27,7 @@ def load_run(path: Path) -> dict:
         raise ConvsumError(f"{path}: not a convsum run folder (no {run.info.name})")
     tuned, base = run.find_eval(("test", HELD_OUT))
     return {"name": path.name, "path": path, "log": run.read_log(), "summary": run.read_summary(),
+            "info": read_json(run.info),
             "metrics": tuned.read_metrics() if tuned else None,
             "base_metrics": base.read_metrics() if base else None,
             "predictions": tuned.read_predictions() if tuned else []}
@@ -60,6 +61,41 @@ def plot_curves(runs: list[dict]) -> bytes:
     b.set(title="learning rate", xlabel="step")
     a.legend(fontsize=8)
     b.legend(fontsize=8)
+    return _png(fig)
+
+
+def learning_points(run: dict) -> list[dict]:
+    """A run's held-out ROUGE-L at each evaluation, against training dialogues seen (step x effective
+    batch) and wall minutes since training started (evaluations included)."""
+    info, log = run["info"], run["log"]
+    start = info.get("started") or (log[0]["time"] if log and "time" in log[0] else None)
+    batch = info.get("effective_batch") or 1
+    return [{"examples": x["step"] * batch, "rougeL": x["eval_rougeL"],
+             "minutes": (x["time"] - start) / 60 if start and "time" in x else None}
+            for x in log if "eval_rougeL" in x]
+
+
+def plot_scaling(runs: list[dict]) -> bytes | None:
+    """Held-out ROUGE-L against training dialogues seen and against minutes, one line per run: a set of
+    runs over different data sizes is the data-scaling curve users plan with."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = {r["name"]: learning_points(r) for r in runs}
+    if not any(points.values()):
+        return None
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    for name, pts in points.items():
+        if pts:
+            a.plot([p["examples"] for p in pts], [p["rougeL"] for p in pts], "o-", label=name)
+            timed = [p for p in pts if p["minutes"] is not None]
+            b.plot([p["minutes"] for p in timed], [p["rougeL"] for p in timed], "o-", label=name)
+    a.set(title="held-out ROUGE-L vs training dialogues seen", xlabel="dialogues (step x effective batch)",
+          ylabel="ROUGE-L F1 (%)")
+    b.set(title="held-out ROUGE-L vs wall time", xlabel="minutes since training started")
+    a.legend(fontsize=8)
     return _png(fig)
 
 
@@ -126,7 +162,8 @@ def main(run_dirs: list[str], output: str = "report.html") -> Path:
     out = Path(output)
     assets = out.with_name(out.stem + "_files")
     assets.mkdir(parents=True, exist_ok=True)
-    images = {"curves": plot_curves(runs), "rouge": plot_rouge(runs), "lengths": plot_lengths(runs)}
+    images = {"curves": plot_curves(runs), "scaling": plot_scaling(runs), "rouge": plot_rouge(runs),
+              "lengths": plot_lengths(runs)}
     for k, v in images.items():
         if v:
             (assets / f"{k}.png").write_bytes(v)
@@ -148,7 +185,8 @@ def main(run_dirs: list[str], output: str = "report.html") -> Path:
         h.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
         md.append("| " + " | ".join(map(str, cells)) + " |")
     h.append("</table>")
-    for key, title in (("curves", "Loss and learning rate"), ("rouge", "ROUGE"), ("lengths", "Summary lengths")):
+    for key, title in (("curves", "Loss and learning rate"), ("scaling", "Held-out ROUGE-L vs data and time"),
+                       ("rouge", "ROUGE"), ("lengths", "Summary lengths")):
         if images[key]:
             h.append(f"<h2>{title}</h2><img alt='{key}' src='data:image/png;base64,"
                      f"{base64.b64encode(images[key]).decode()}'>")

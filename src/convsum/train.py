@@ -374,6 +374,7 @@ def main(cfg: Config, resume: bool = False) -> dict:
             "data": records.report,
             "truncated_dialogues": truncated, "effective_batch": effective_batch,
             "num_processes": state.num_processes, "bf16": bf16,
+            "started": run_info_start(run, resume),
         })
         print(f"convsum: {len(train_ex)} training examples from split {split!r}, {len(val_ex)} held out "
               f"(from {records.held_out_from!r}); "
@@ -442,6 +443,15 @@ def main(cfg: Config, resume: bool = False) -> dict:
               f"{run.model if cfg.train.method == 'full' else run.adapter}")
     state.wait_for_everyone()
     return summary
+
+
+def run_info_start(run: RunDir, resume: bool) -> float:
+    """When the run first started (kept across resumes): the origin of the report's minutes axis."""
+    if resume and run.info.is_file():
+        from convsum.io import read_json
+
+        return read_json(run.info).get("started") or time.time()
+    return time.time()
 
 
 def make_trainable(model, freeze_embeddings: bool):
