@@ -234,3 +234,23 @@ def test_cli_push_dry_run(hub, run_dir, capsys):
     assert cli.main(["push", str(run_dir), "--repo-id", "noslash"]) == 2
     assert "expected OWNER/NAME" in capsys.readouterr().err
     assert hub.requests == []
+
+
+def test_card_names_the_run_s_own_data_and_decoding_not_dialogsum(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from convsum.card import CardInputs, model_card
+
+    per = {"rouge1": 50.0, "rouge2": 20.0, "rougeL": 40.0, "rougeLsum": 41.0}
+    metrics = {"n": 7, "split": "test", "per_reference": {"summary": per}, "mean": per,
+               "generate": {"strategy": "mbr", "mbr_samples": 8, "eos_bias": -1.0}}
+    cfg = {"data": {"source": str(tmp_path / "action_items.jsonl")}, "lora": {"r": 4}, "train": {"epochs": 1}}
+    text = model_card(CardInputs("adapter", {"base_model": "org/base", "prompt_template": "{dialogue}\n"}, cfg,
+                                 metrics, None, None))
+    assert "DialogSum" not in text and "CC BY-NC-SA" not in text
+    assert "7 dialogues of the `action_items.jsonl` test split, mbr decoding, 8 samples, eos_bias -1.0" in text
+    assert ModelCard(text).data.datasets is None
+    cfg["data"]["source"] = "../shared/data/dialogsum"
+    text = model_card(CardInputs("adapter", {"base_model": "org/base", "prompt_template": "{dialogue}\n"}, cfg,
+                                 metrics, None, None))
+    assert "CC BY-NC-SA 4.0" in text and ModelCard(text).data.datasets == ["knkarthick/dialogsum"]

@@ -28,7 +28,32 @@ def _hub_base(name: str) -> str | None:
     return None if Path(name).exists() else name
 
 
-def _rouge_table(metrics: dict | None, base: dict | None) -> str:
+def _data(cfg: dict | None) -> tuple[str, list[str], str, str]:
+    """(dataset name, Hub dataset ids for the metadata, the card's data line, its licence line) from the
+    run's data source: DialogSum (any copy of it) gets its licence; anything else is described, not guessed."""
+    source = str(((cfg or {}).get("data") or {}).get("source") or DATASET)
+    folder = Path(source).expanduser()
+    named = folder.is_dir() and any(p.name.lower().startswith("dialogsum.") for p in folder.iterdir())
+    if "dialogsum" in source.lower() or named:
+        return ("DialogSum", [DATASET], f"DialogSum (`{DATASET}`), licensed **CC BY-NC-SA 4.0** — non-commercial, "
+                "share-alike.", "the base model's licence applies to the weights (for Gemma: the Gemma Terms of "
+                "Use), together with the dataset's CC BY-NC-SA 4.0 terms; `license: other` in the metadata reflects "
+                "that.")
+    hub = [source] if "/" in source and not Path(source).exists() and not source.startswith((".", "/", "~")) else []
+    return (f"`{Path(source).name}`", hub, f"`{source}` (the training data's own terms apply).",
+            "the base model's licence applies to the weights (for Gemma: the Gemma Terms of Use), together with "
+            "the training data's terms; `license: other` in the metadata reflects that.")
+
+
+def _decoding(metrics: dict) -> str:
+    g = metrics.get("generate") or {}
+    strategy = g.get("strategy", "greedy")
+    detail = {"beam": f", {g.get('num_beams')} beams", "mbr": f", {g.get('mbr_samples')} samples"}.get(strategy, "")
+    bias = f", eos_bias {g['eos_bias']}" if g.get("eos_bias") else ""
+    return f"{strategy} decoding{detail}{bias}"
+
+
+def _rouge_table(metrics: dict | None, base: dict | None, dataset: str = "DialogSum") -> str:
     if not metrics:
         return "Not evaluated yet: run `convsum evaluate RUN_DIR --compare-base --split test`.\n"
     refs = list(metrics["per_reference"])
@@ -40,8 +65,8 @@ def _rouge_table(metrics: dict | None, base: dict | None) -> str:
         for ref, _ in cols:
             v = m["per_reference"][ref] if ref in m["per_reference"] else m["mean"]
             lines.append(f"| {label} | {ref} | {v['rouge1']:.1f} | {v['rouge2']:.1f} | {v['rougeL']:.1f} | {v['rougeLsum']:.1f} |")
-    return "\n".join(lines) + (f"\n\n{metrics['n']} dialogues of the DialogSum {metrics.get('split', 'test')} split, "
-                               "greedy decoding, `rouge-score` F1 with Porter stemming, in percent "
+    return "\n".join(lines) + (f"\n\n{metrics['n']} dialogues of the {dataset} {metrics.get('split', 'test')} split, "
+                               f"{_decoding(metrics)}, `rouge-score` F1 with Porter stemming, in percent "
                                "(protocol: convsum README).\n")
 
 
@@ -51,10 +76,13 @@ def model_card(c: CardInputs, repo_id: str = "PATH_OR_REPO_ID") -> str:
     base = info["base_model"]
     hub_base = _hub_base(base)
     library = {"adapter": "peft", "gguf": "gguf"}.get(kind, "transformers")
-    meta = {"library_name": library, "pipeline_tag": "text-generation", "license": "other", "datasets": [DATASET],
+    dataset, hub_data, data_line, licence_line = _data(cfg_dict)
+    meta = {"library_name": library, "pipeline_tag": "text-generation", "license": "other", "datasets": hub_data,
             "tags": ["convsum", "summarization", "dialogue-summarization"] + (["lora"] if kind != "full" else [])
             + (["peft"] if kind == "adapter" else []) + (["gguf", "llama.cpp", "ollama"] if kind == "gguf" else []),
             "language": ["en"]}
+    if not hub_data:
+        del meta["datasets"]
     if hub_base:
         meta["base_model"] = hub_base
     template = info["prompt_template"]
@@ -91,16 +119,15 @@ def model_card(c: CardInputs, repo_id: str = "PATH_OR_REPO_ID") -> str:
     body = f"""# Conversation summarizer ({title})
 
 Fine-tuned with convsum (PEFT LoRA or full fine-tuning on transformers) to write short third-person summaries of dialogues
-(DialogSum style). This repository holds {what}.
+({dataset} style). This repository holds {what}.
 
 - **Base model:** {base_note}
-- **Data:** DialogSum (`{DATASET}`), licensed **CC BY-NC-SA 4.0** — non-commercial, share-alike.
-- **Licence:** the base model's licence applies to the weights (for Gemma: the Gemma Terms of Use),
-  together with the dataset's CC BY-NC-SA 4.0 terms; `license: other` in the metadata reflects that.
+- **Data:** {data_line}
+- **Licence:** {licence_line}
 
 ## Evaluation
 
-{_rouge_table(metrics, base_metrics)}
+{_rouge_table(metrics, base_metrics, dataset)}
 ## Prompt
 
 Generation must use the same prompt the model was trained with (`{{dialogue}}` is replaced by
@@ -124,7 +151,7 @@ the conversation, turns as `#Person1#: ...` lines); the summary follows and ends
 
 For summarizing short, informal two- or three-party conversations in English, for research and
 non-commercial use (the data's licence). Summaries can omit or invent details, confuse who said
-what, and inherit biases of the base model and of DialogSum; they are not suitable for decisions
+what, and inherit biases of the base model and of {dataset}; they are not suitable for decisions
 about people without human review. Scores are ROUGE, which rewards word overlap, not faithfulness.
 """
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + body
