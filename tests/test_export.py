@@ -23,6 +23,7 @@ def spm_run(request, tmp_path_factory):
     model = build_spm_model(root / "model", request.param)
     (root / "data").mkdir()
     write_jsonl(root / "data" / "dialogsum.dev.jsonl", make_records(24))
+    write_jsonl(root / "data" / "dialogsum.test.jsonl", make_records(6, offset=200))
     cfg = load_config(None, {
         "model.name": str(model), "data.source": str(root / "data"), "data.val_size": 4, "data.max_length": 256,
         "train.output_dir": str(root / "run"), "train.batch_size": 4, "train.grad_accum": 1, "train.max_steps": 2,

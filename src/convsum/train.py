@@ -284,7 +284,7 @@ def held_out_scorer(cfg: Config, tokenizer, records, bf16: bool):
             model.train(was_training)
         m = metrics.score_pairs(preds, refs)
         return {**m["mean"], "gen_length_words": m["gen_length_words"], "cut_off": summarizer.cut_off,
-                "generate_s": round(time.perf_counter() - t0, 1)}
+                "generate_s": round(time.perf_counter() - t0, 3)}
 
     return score
 
