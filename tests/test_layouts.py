@@ -129,7 +129,7 @@ def test_crlf_and_stray_whitespace_are_normalised_for_training_and_inference(tmp
     crlf = "  #Person1#: Hi 😀  \r\n#Person2#: Hello 𝄞!\r\n\r\n"
     p = jsonl(tmp_path / "x.jsonl", [{"id": "a", "dialogue": crlf, "summary": "Greeting 😀 \r\n"}])
     rec = read_records(p, DataConfig(source=str(p)))[0]
-    assert rec.dialogue == lf.replace("#Person1#", "#Person1#") and rec.summary == "Greeting 😀"
+    assert rec.dialogue == lf and rec.summary == "Greeting 😀"
     fmt = PromptFormatter(load_tokenizer(load_config(None, {"model.name": str(tiny_model_dir)}).model), "{dialogue}")
     assert fmt.prompt_ids(crlf, 512) == fmt.prompt_ids(lf, 512)  # serve / summarize see the same tokens
     assert fmt.tokenizer.decode(fmt.prompt_ids(crlf, 512)[0], skip_special_tokens=True) == lf  # emoji survive
