@@ -53,7 +53,7 @@ def main() -> None:
     from convsum import metrics
     from convsum.config import load_config
     from convsum.data import load_split
-    from convsum.generate import load_summarizer
+    from convsum.inference import load_summarizer
 
     cfg = load_config(ROOT / "configs" / "gemma3-270m.yaml", {
         "data.source": str(args.data), "generate.max_new_tokens": 64, "generate.strategy": "greedy",
@@ -86,7 +86,7 @@ def main() -> None:
             results["pipeline-unbatched"] = (time.perf_counter() - t, out)
     del pipe
     if "llamacpp" in rows and args.target:
-        from convsum.llamacpp import load_gguf_summarizer
+        from convsum.inference import load_gguf_summarizer
 
         engine = load_gguf_summarizer(args.target, cfg)
         t = time.perf_counter()

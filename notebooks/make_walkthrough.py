@@ -99,7 +99,7 @@ summary
 """)
 md("## 6. Inference on unseen dialogues")
 code("""
-from convsum.generate import load_summarizer
+from convsum.inference import load_summarizer
 
 unseen = ["#Person1#: Did you water the plants?\\n#Person2#: Oh no, I forgot. I'll do it right after lunch.",
           "#Person1#: The printer is jammed again.\\n#Person2#: I'll call the technician; use the one upstairs for now."]

@@ -79,9 +79,16 @@ def test_preset_sits_between_defaults_and_yaml(tmp_path):
     assert (cfg.train.epochs, cfg.train.learning_rate, cfg.lora.r) == (5.0, 1e-3, 4)
 
 
-def test_cli_flag_type_error_names_the_flag():
-    with pytest.raises(ConvsumError, match="--train.max_steps"):
+def test_cli_flag_type_error_names_the_flag(capsys):
+    with pytest.raises(ConvsumError, match="--set train.max_steps"):
         load_config(None, {"train.max_steps": "ten"})
+    from convsum import cli
+
+    assert cli.main(["train", "--max-steps", "ten"]) == 2
+    assert "--max-steps (train.max_steps): input should be a valid integer" in capsys.readouterr().err
+    assert cli.main(["merge", "r", "--output", "o", "--dtype", "float8"]) == 2
+    err = capsys.readouterr().err
+    assert "--dtype (merge.dtype)" in err and "float8" in err and err.count("\n") == 1
 
 
 def test_missing_local_looking_model_folder_fails_fast_without_the_hub(tmp_path, monkeypatch):

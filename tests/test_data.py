@@ -107,7 +107,7 @@ def test_cli_data_prints_stats(tiny_model_dir, data_dir, capsys):
 def _split_folder(tmp_path):
     """train / dev / test where train repeats one dev and one test dialogue (in other case and
     punctuation) and one of its own (other whitespace)."""
-    from conftest import write_jsonl
+    from helpers import write_jsonl
 
     def rec(i, prefix):
         return {"fname": f"{prefix}_{i}", "dialogue": f"#Person1#: Hi, this is call number {prefix} {i}.\n"

@@ -52,7 +52,13 @@ def test_mbr_is_seeded_and_batched_equals_one_by_one(summarizer):
     assert summarizer.generate_ids(prompts[::-1], strategy="mbr", mbr_samples=4) == batched[::-1]
     other_seed = summarizer.generate_ids(prompts, strategy="mbr", mbr_samples=4, seed=1)
     assert summarizer.candidates == 4 * 3 * 5 + 3 * 5
-    assert len(other_seed) == 3
+    # Another seed is another draw, just as reproducible: other candidates, the same choice one by one.
+    assert [summarizer.generate_ids([p], strategy="mbr", mbr_samples=4, seed=1)[0] for p in prompts] == other_seed
+    gen = summarizer.gen.with_overrides(strategy="mbr", mbr_samples=4)
+    keys = {s: [None if j == 0 else decoding.row_key(s, p, j) for p in prompts for j in range(5)] for s in (0, 1)}
+    first, second = summarizer._decode(prompts, gen, 5, keys[0]), summarizer._decode(prompts, gen, 5, keys[1])
+    assert [first[5 * i] for i in range(3)] == [second[5 * i] for i in range(3)]  # the greedy candidate
+    assert first != second
 
 
 def test_seeded_sampler_matches_the_distribution():

@@ -8,14 +8,18 @@ from convsum import cli, train
 from convsum.errors import ConvsumError
 from convsum.evaluate import read_predictions
 from convsum.data import load_split
-from convsum.config import DataConfig
+from convsum.config import DataConfig, load_config
+from helpers import tiny_overrides, write_data_dir
 
 
-@pytest.fixture
-def run(tiny_cfg):
-    tiny_cfg.train.max_steps = 2
-    train.main(tiny_cfg)
-    return tiny_cfg.train.output_dir
+@pytest.fixture(scope="module")
+def run(tiny_model_dir, tmp_path_factory):
+    """One trained run for the module (tests only read it, or write evaluations into it)."""
+    root = tmp_path_factory.mktemp("evaluate")
+    cfg = load_config(None, {**tiny_overrides(tiny_model_dir, write_data_dir(root / "data"), root / "run"),
+                             "train.max_steps": 2})
+    train.main(cfg)
+    return cfg.train.output_dir
 
 
 def test_evaluate_writes_predictions_and_metrics_with_base_side_by_side(run, data_dir, capsys):

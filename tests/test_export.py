@@ -8,7 +8,6 @@ import pytest
 
 from convsum import cli, export, train
 from convsum.config import load_config
-from convsum.errors import ConvsumError
 from convsum.rundir import RunDir
 
 pytest.importorskip("xllamacpp", reason="the [gguf] extra is not installed (pip install -e '.[gguf]')")
@@ -17,7 +16,7 @@ gguf = pytest.importorskip("gguf")
 
 @pytest.fixture(scope="module", params=["llama", "gemma"])
 def spm_run(request, tmp_path_factory):
-    from conftest import build_spm_model, make_records, write_jsonl
+    from helpers import build_spm_model, make_records, write_jsonl
 
     root = tmp_path_factory.mktemp(f"export-{request.param}")
     model = build_spm_model(root / "model", request.param)
@@ -42,7 +41,7 @@ def _fields(path: Path) -> dict:
 
 def test_f32_export_reads_back_and_generates_what_transformers_generates(spm_run, tmp_path, capsys):
     from convsum.generate import load_summarizer
-    from convsum.merge import CHECK_DIALOGUES
+    from convsum.checks import CHECK_DIALOGUES
 
     arch, run, cfg = spm_run
     result = export.main(str(run), outtype="f32", output=str(tmp_path / "g"))
@@ -60,7 +59,7 @@ def test_f32_export_reads_back_and_generates_what_transformers_generates(spm_run
     assert rendered == cfg.prompt.template.format(dialogue="DIALOGUE")
     info = json.loads((folder / "convsum.json").read_text())
     assert info["prompt_template"] == cfg.prompt.template and info["kind"] == "gguf"
-    assert f'FROM ./model-f32.gguf' in (folder / "Modelfile").read_text()
+    assert 'FROM ./model-f32.gguf' in (folder / "Modelfile").read_text()
     # the engine, as a user calls it: a .gguf path is a model; same greedy summaries as transformers
     gcfg = load_config(None, {"generate.max_new_tokens": 16, "generate.bf16": "false"})
     ours = load_summarizer(str(folder / "model-f32.gguf"), gcfg)
@@ -106,7 +105,8 @@ def test_q8_0_export_reports_held_out_agreement_and_evaluate_runs_on_llamacpp(sp
 def test_export_errors_are_one_line(spm_run, tmp_path, capsys):
     arch, run, cfg = spm_run
     assert cli.main(["export", str(run), "--outtype", "q4_k_m"]) == 2
-    assert "--outtype 'q4_k_m'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--outtype (export.outtype)" in err and "'q4_k_m'" in err
     assert cli.main(["export", str(tmp_path), "--format", "gguf"]) == 2
     assert "not a convsum run folder" in capsys.readouterr().err
     (tmp_path / "d.txt").write_text("#Person1#: Hi.")
@@ -118,7 +118,7 @@ def test_export_errors_are_one_line(spm_run, tmp_path, capsys):
 def test_gguf_folder_is_pushed_with_a_card_and_served(spm_run, tmp_path, capsys):
     from fastapi.testclient import TestClient
 
-    from convsum.llamacpp import load_gguf_summarizer
+    from convsum.inference import load_gguf_summarizer
     from convsum.serve import create_app
 
     arch, run, cfg = spm_run

@@ -136,7 +136,7 @@ def test_crlf_and_stray_whitespace_are_normalised_for_training_and_inference(tmp
 
 
 def test_single_file_is_shown_once_and_the_training_file_is_not_scored_silently(tiny_cfg, tmp_path, capsys):
-    from conftest import make_records
+    from helpers import make_records
 
     from convsum import train
 

@@ -7,17 +7,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from convsum import merge, train
+from convsum import checks, merge, train
+from convsum.config import load_config
 from convsum.errors import ConvsumError
+from helpers import tiny_overrides, write_data_dir
 
 
-@pytest.fixture
-def trained_run(tiny_cfg):
-    tiny_cfg.train.max_steps = 4
-    tiny_cfg.train.save_steps = 100
-    tiny_cfg.train.learning_rate = 2e-2  # move the adapter far from zero so the merge matters
-    train.main(tiny_cfg)
-    return tiny_cfg.train.output_dir
+@pytest.fixture(scope="module")
+def trained_run(tiny_model_dir, tmp_path_factory):
+    """One trained run for the module; every test merges it into its own new folder."""
+    root = tmp_path_factory.mktemp("merge")
+    cfg = load_config(None, {**tiny_overrides(tiny_model_dir, write_data_dir(root / "data"), root / "run"),
+                             "train.max_steps": 4, "train.save_steps": 100,
+                             "train.learning_rate": 2e-2})  # far from zero, so the merge matters
+    train.main(cfg)
+    return cfg.train.output_dir
 
 
 def test_merge_matches_base_plus_adapter_and_loads_without_peft(trained_run, tmp_path):
@@ -73,7 +77,7 @@ def test_merge_dtype_option(trained_run, tmp_path):
 
 
 def test_failed_check_writes_nothing(trained_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(merge, "LOGIT_TOLERANCE", -1.0)
+    monkeypatch.setattr(checks, "LOGIT_TOLERANCE", -1.0)
     with pytest.raises(ConvsumError, match="merge check failed"):
         merge.main(trained_run, str(tmp_path / "m"))
     assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*"))

@@ -14,7 +14,7 @@ def _weights(run):
 
 
 def test_full_fine_tuning_resumes_after_a_kill_with_the_same_weights(tiny_cfg, tmp_path, monkeypatch):
-    from test_train import kill_then_resume
+    from helpers import kill_then_resume
 
     tiny_cfg.train.method = "full"
     tiny_cfg.train.learning_rate = 1e-3
@@ -84,7 +84,7 @@ def test_select_by_rouge_really_generates_on_the_held_out_slice(tiny_cfg, tmp_pa
     summary = train.main(tiny_cfg)
     log = [r for r in RunDir(tiny_cfg.train.output_dir).read_log() if "eval_rougeL" in r]
     assert len(log) == 1 and summary["eval_rougeL"] == log[0]["eval_rougeL"] and "eval_loss" in log[0]
-    assert log[0]["eval_cut_off"] >= 0 and log[0]["eval_generate_s"] > 0
+    assert log[0]["eval_generate_s"] > 0
     # The in-training score is the score of the kept adapter's greedy summaries of the held-out slice,
     # generated the way `convsum evaluate` does (sdpa, eval mode), not an approximation of it.
     from convsum import evaluate
@@ -106,20 +106,32 @@ def test_selection_settings_are_checked(bad, msg):
         load_config(None, bad)
 
 
-@pytest.mark.parametrize("variant", ["use_dora", "use_rslora"])
-@pytest.mark.parametrize("bf16", ["false", "true"])  # true: the CPU fast path (bf16 frozen weights, LoraDropout)
+# Each variant once, and each of the two CPU paths once (bf16 true: bf16 frozen weights + LoraDropout).
+@pytest.mark.parametrize("variant,bf16", [("use_dora", "true"), ("use_rslora", "false")])
 def test_peft_variants_train_and_generate(tiny_cfg, variant, bf16):
-    import json
+    import math
 
-    from convsum.generate import load_summarizer
+    from peft import PeftModel
+
+    from convsum.inference import Summarizer, load_summarizer
+    from convsum.modeling import load_model
 
     setattr(tiny_cfg.lora, variant, True)
     tiny_cfg.train.bf16 = bf16
     tiny_cfg.lora.dropout = 0.1
     tiny_cfg.train.max_steps = 3
     summary = train.main(tiny_cfg)
-    assert summary["train_loss"] == summary["train_loss"]  # not NaN
-    adapter_cfg = json.loads((RunDir(tiny_cfg.train.output_dir).adapter / "adapter_config.json").read_text())
-    assert adapter_cfg[variant] is True
-    s = load_summarizer(tiny_cfg.train.output_dir, tiny_cfg)
-    assert len(s(["#Person1#: Hello, I am Tom.\n#Person2#: Hi Tom."])) == 1
+    assert math.isfinite(summary["train_loss"])
+    adapter = RunDir(tiny_cfg.train.output_dir).adapter
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    # DoRA saves a learned magnitude per output row; plain LoRA and rsLoRA do not.
+    assert any("lora_magnitude_vector" in k for k in weights) == (variant == "use_dora")
+    peft_model = PeftModel.from_pretrained(load_model(tiny_cfg.model), str(adapter))
+    layer = next(m for m in peft_model.modules() if hasattr(m, "scaling") and "default" in getattr(m, "scaling", {}))
+    r, alpha = tiny_cfg.lora.r, tiny_cfg.lora.alpha
+    assert layer.scaling["default"] == pytest.approx(alpha / math.sqrt(r) if variant == "use_rslora" else alpha / r)
+    # load_summarizer folds the adapter into the weights; its summaries are those of the unmerged PEFT model.
+    merged = load_summarizer(tiny_cfg.train.output_dir, tiny_cfg)
+    unmerged = Summarizer(peft_model, merged.tokenizer, merged.template, merged.gen, "unmerged")
+    dialogues = ["#Person1#: Hello, I am Tom.\n#Person2#: Hi Tom.", "#Person1#: I would like a ticket.\n#Person2#: Sure."]
+    assert merged(dialogues) == unmerged(dialogues)

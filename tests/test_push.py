@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from hub_stub import FAKE_TOKEN, HubStub  # noqa: E402
+from hub_stub import FAKE_TOKEN, HubStub
 
-from convsum import publish  # noqa: E402
-from convsum.errors import ConvsumError  # noqa: E402
+from convsum import publish
+from convsum.errors import ConvsumError
 
 TEMPLATE = "Summarize the following conversation.\n\n### Conversation:\n{dialogue}\n\n### Summary:\n"
 REPO = "alice/convsum-test"

@@ -1,4 +1,5 @@
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -14,10 +15,10 @@ DIALOGUES = [f"#Person1#: Hello, I am {n}. I would like a ticket.\n#Person2#: Su
 def summarizers(tiny_model_dir, tmp_path_factory):
     from convsum.config import load_config
 
-    d = tmp_path_factory.mktemp("serve")
-    import conftest
+    from helpers import make_records, write_jsonl
 
-    conftest.write_jsonl(d / "train.jsonl", conftest.make_records(16))
+    d = tmp_path_factory.mktemp("serve")
+    write_jsonl(d / "train.jsonl", make_records(16))
     cfg = load_config(None, {"model.name": str(tiny_model_dir), "data.source": str(d / "train.jsonl"),
                              "data.val_size": 0, "train.output_dir": str(d / "run"), "train.max_steps": 3,
                              "train.save_steps": 100, "train.bf16": "false", "generate.max_new_tokens": 12,
@@ -53,7 +54,9 @@ def test_endpoints(summarizers):
         info = (await c.get("/v1/model")).json()
         page = await c.get("/")
         docs = await c.get("/openapi.json")
+        t0 = time.perf_counter()
         one = await c.post("/v1/summarize", json={"dialogue": DIALOGUES[0]})
+        one.wall_ms = 1000 * (time.perf_counter() - t0)
         many = await c.post("/v1/summarize", json={"dialogues": DIALOGUES[:3], "max_new_tokens": 5, "model": "base"})
         return health, info, page, docs, one, many
 
@@ -65,7 +68,10 @@ def test_endpoints(summarizers):
     assert "/v1/summarize" in docs.json()["paths"]
     body = one.json()
     assert one.status_code == 200 and len(body["summaries"]) == 1 and body["model"] == "fine-tuned"
-    assert body["usage"]["prompt_tokens"] > 0 and body["latency_ms"] >= 0
+    s = summarizers[1]["fine-tuned"]
+    assert body["usage"]["prompt_tokens"] == len(s.encode(DIALOGUES[0]))
+    assert body["usage"]["completion_tokens"] == len(s.generate_ids([s.encode(DIALOGUES[0])])[0])
+    assert 0 < body["latency_ms"] <= one.wall_ms  # the server's own time, inside what the client waited
     b = many.json()
     assert many.status_code == 200 and len(b["summaries"]) == 3 and b["usage"]["completion_tokens"] <= 15
 

@@ -15,7 +15,7 @@ import yaml
 from convsum.config import BUNDLED_MODEL
 from convsum.errors import ConvsumError
 from convsum.io import atomic_write_text
-from convsum.rundir import RunDir, is_convsum_model, is_run, read_model_info
+from convsum.rundir import Kind, RunDir, is_convsum_model, is_run, read_model_info
 
 DATASET = "knkarthick/dialogsum"
 # The Hub id the bundled GGUF was made from: what `base_model` metadata should point at.
@@ -70,14 +70,10 @@ def _rouge_table(metrics: dict | None, base: dict | None, dataset: str = "Dialog
                                "(protocol: convsum README).\n")
 
 
-def model_card(c: CardInputs, repo_id: str = "PATH_OR_REPO_ID") -> str:
-    """README.md with valid Hub metadata for an adapter or a merged model."""
-    kind, info, cfg_dict, metrics, base_metrics, example = c.kind, c.info, c.config, c.metrics, c.base_metrics, c.example
-    base = info["base_model"]
+def _metadata(kind: str, base: str, hub_data: list[str]) -> dict:
     hub_base = _hub_base(base)
-    library = {"adapter": "peft", "gguf": "gguf"}.get(kind, "transformers")
-    dataset, hub_data, data_line, licence_line = _data(cfg_dict)
-    meta = {"library_name": library, "pipeline_tag": "text-generation", "license": "other", "datasets": hub_data,
+    meta = {"library_name": {"adapter": "peft", "gguf": "gguf"}.get(kind, "transformers"),
+            "pipeline_tag": "text-generation", "license": "other", "datasets": hub_data,
             "tags": ["convsum", "summarization", "dialogue-summarization"] + (["lora"] if kind != "full" else [])
             + (["peft"] if kind == "adapter" else []) + (["gguf", "llama.cpp", "ollama"] if kind == "gguf" else []),
             "language": ["en"]}
@@ -85,19 +81,32 @@ def model_card(c: CardInputs, repo_id: str = "PATH_OR_REPO_ID") -> str:
         del meta["datasets"]
     if hub_base:
         meta["base_model"] = hub_base
-    template = info["prompt_template"]
+    return meta
+
+
+def _how_to_load(kind: str, info: dict, repo_id: str) -> str:
+    if kind == "gguf":
+        from convsum.gguf_files import usage
+
+        return usage(info)
+    base = info["base_model"]
     load = (f"from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
             f"model = AutoPeftModelForCausalLM.from_pretrained(\"{repo_id}\")\n"
-            f"tokenizer = AutoTokenizer.from_pretrained(\"{hub_base or base}\")"
+            f"tokenizer = AutoTokenizer.from_pretrained(\"{_hub_base(base) or base}\")"
             if kind == "adapter" else
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
             f"model = AutoModelForCausalLM.from_pretrained(\"{repo_id}\")\n"
             f"tokenizer = AutoTokenizer.from_pretrained(\"{repo_id}\")")
-    if kind == "gguf":
-        from convsum.export import usage
+    return _python_usage(load, info["prompt_template"])
 
-        load = None
-        run_it = usage(info)
+
+def model_card(c: CardInputs, repo_id: str = "PATH_OR_REPO_ID") -> str:
+    """README.md with valid Hub metadata for an adapter or a merged model."""
+    kind, info, cfg_dict, metrics, base_metrics, example = c.kind, c.info, c.config, c.metrics, c.base_metrics, c.example
+    base = info["base_model"]
+    dataset, hub_data, data_line, licence_line = _data(cfg_dict)
+    meta = _metadata(kind, base, hub_data)
+    template = info["prompt_template"]
     train_cfg = yaml.safe_dump({k: cfg_dict[k] for k in ("lora", "train", "data")}, sort_keys=False) if cfg_dict else "n/a\n"
     ex = ""
     if example:
@@ -138,7 +147,7 @@ the conversation, turns as `#Person1#: ...` lines); the summary follows and ends
 
 ## How to load
 
-{_python_usage(load, template) if load else run_it}
+{_how_to_load(kind, info, repo_id)}
 ## Example
 
 {ex or 'n/a'}
@@ -185,11 +194,12 @@ def card_inputs(folder: Path) -> CardInputs:
     if is_run(folder):
         run_cfg, run = RunDir(folder).read()
         info = {"base_model": run["base_model"], "prompt_template": run["prompt_template"]}
-        kind = "full" if RunDir(folder).has_full_model() else "adapter"
+        kind = (Kind.FULL if RunDir(folder).has_full_model() else Kind.ADAPTER).value
         cfg, src = run_cfg.to_dict(), folder
     elif is_convsum_model(folder):
         info = read_model_info(folder)
-        kind, cfg = info["kind"], info.get("config")
+        kind = info["kind"]
+        cfg = RunDir(folder).read_config().to_dict() if RunDir(folder).config.is_file() else None
         origin = info.get("merged_from") or info.get("source")  # a merged model's run; a GGUF's run or model
         if origin and is_convsum_model(origin) and not is_run(origin):
             origin = read_model_info(origin).get("merged_from") or origin

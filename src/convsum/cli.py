@@ -19,8 +19,13 @@ FLAGS = {
     "model": "model.name", "data": "data.source", "output": "train.output_dir", "max_steps": "train.max_steps",
     "max_train_examples": "data.max_train_examples", "max_new_tokens": "generate.max_new_tokens",
     "num_beams": "generate.num_beams", "batch_size": "generate.batch_size", "strategy": "generate.strategy",
-    "engine": "generate.engine", "host": "serve.host", "port": "serve.port",
+    "engine": "generate.engine", "host": "serve.host", "port": "serve.port", "dtype": "merge.dtype",
+    "outtype": "export.outtype", "repo_id": "publish.repo_id", "revision": "publish.revision",
+    "report_output": "report.output",
 }
+# On/off flags: (field, the value the flag sets).
+SWITCHES = {"adapter_only": ("export.adapter_only", True), "no_check": ("export.check", False),
+            "private": ("publish.private", True)}
 
 
 def _common(p: argparse.ArgumentParser, *flags: str) -> None:
@@ -30,15 +35,23 @@ def _common(p: argparse.ArgumentParser, *flags: str) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any config field, e.g. --set lora.r=8 (repeatable; `convsum config` lists them)")
     for f in flags:
+        if f in SWITCHES:
+            dotted, value = SWITCHES[f]
+            p.add_argument("--" + f.replace("_", "-"), dest=f, action="store_const", const=value,
+                           help=f"{field_doc(dotted).split('. ')[0].rstrip('.')} ({dotted}={str(value).lower()})")
+            continue
         dotted = FLAGS[f]
         numeric = int in (field_type(dotted), *typing.get_args(field_type(dotted)))
-        p.add_argument("--" + f.replace("_", "-"), dest=f, type=int if numeric else str,
+        name = "--output" if f == "report_output" else "--" + f.replace("_", "-")
+        p.add_argument(name, dest=f, type=int if numeric else str,
                        help=f"{field_doc(dotted).split('. ')[0].rstrip('.')} ({dotted})")
 
 
 def _overrides(args) -> dict[str, str]:
     """Flags, then --set FIELD=VALUE items (later wins), as {field: value} for load_config."""
     overrides = {dotted: getattr(args, f) for f, dotted in FLAGS.items() if getattr(args, f, None) is not None}
+    overrides.update({dotted: getattr(args, f) for f, (dotted, _) in SWITCHES.items()
+                      if getattr(args, f, None) is not None})
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -56,7 +69,14 @@ def _config(args, run_dir: str | None = None, preset: dict | None = None):
     folder = RunDir(Path(run_dir).parent if str(run_dir).endswith(".gguf") else run_dir) if run_dir else None
     if path is None and folder and folder.config.is_file():  # a run, merged or GGUF export folder
         path = folder.config
-    return load_config(path, _overrides(args), preset=preset)
+    return load_config(path, _overrides(args), preset=preset, flag_names=_flag_names(args))
+
+
+def _flag_names(args) -> dict[str, str]:
+    """field -> the flag that set it, as errors name it: '--outtype (export.outtype)'."""
+    names = {d: f for f, d in FLAGS.items()} | {d: f for f, (d, _) in SWITCHES.items()}
+    return {d: f"--{'output' if f == 'report_output' else f.replace('_', '-')} ({d})" for d, f in names.items()
+            if getattr(args, f, None) is not None}
 
 
 def cmd_data(args):
@@ -104,13 +124,13 @@ def cmd_demo(args):
 def cmd_merge(args):
     from convsum import merge
 
-    merge.main(args.run_dir, args.output, dtype=args.dtype)
+    merge.main(args.run_dir, args.merge_output, cfg=_config(args, run_dir=args.run_dir))
 
 
 def cmd_push(args):
     from convsum import publish
 
-    publish.main(args.folder, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run)
+    publish.main(args.folder, cfg=_config(args, run_dir=args.folder), dry_run=args.dry_run)
 
 
 def cmd_serve(args):
@@ -128,8 +148,7 @@ def cmd_export(args):
 
     if args.format != "gguf":
         raise ConvsumError(f"--format {args.format!r}: only gguf is supported")
-    export.main(args.target, outtype=args.outtype, output=args.export_output, adapter_only=args.adapter_only,
-                check=not args.no_check)
+    export.main(args.target, output=args.export_output, cfg=_config(args, run_dir=args.target))
 
 
 def cmd_sweep(args):
@@ -141,7 +160,8 @@ def cmd_sweep(args):
 def cmd_report(args):
     from convsum import report
 
-    report.main(args.runs, args.report_output)
+    cfg = _config(args)
+    report.main(args.runs, cfg.report.output, cfg=cfg)
 
 
 def cmd_config(args):
@@ -151,10 +171,8 @@ def cmd_config(args):
         print(f"{name} = {default!r}\n    {doc}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="convsum", description="Fine-tune a causal LM with LoRA to summarize conversations.")
-    sub = ap.add_subparsers(dest="command", required=True)
-
+def _run_commands(sub) -> None:
+    """The lab's main path: demo, data, train, evaluate, score, summarize."""
     p = sub.add_parser("demo", help="base vs LoRA fine-tuned on held-out dialogues, offline (the main job)")
     _common(p, "model", "data", "output")
     p.set_defaults(func=cmd_demo)
@@ -197,18 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per summary")
     p.set_defaults(func=cmd_summarize)
 
+
+def _ship_commands(sub) -> None:
+    """What happens to a trained model: merge, push, serve, export."""
     p = sub.add_parser("merge", help="merge a run's adapter into its base: a standalone model folder")
     p.add_argument("run_dir")
-    p.add_argument("--output", required=True, help="new folder for the merged model")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="dtype of the saved weights (the merge itself is done in fp32)")
+    p.add_argument("--output", dest="merge_output", required=True, help="new folder for the merged model")
+    _common(p, "dtype")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("push", help="upload a run's adapter or a merged model to the Hugging Face Hub")
     p.add_argument("folder", help="run folder (adapter only) or merged model folder")
-    p.add_argument("--repo-id", required=True, help="OWNER/NAME")
-    p.add_argument("--private", action="store_true")
-    p.add_argument("--revision", help="branch to commit to (created if needed)")
+    _common(p, "repo_id", "private", "revision")
     p.add_argument("--dry-run", action="store_true", help="list files and show the card; upload nothing")
     p.set_defaults(func=cmd_push)
 
@@ -222,13 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="GGUF for llama.cpp / Ollama / LM Studio, checked against the model")
     p.add_argument("target", help="run folder or merged model folder")
     p.add_argument("--format", default="gguf", help="gguf (the only format)")
-    p.add_argument("--outtype", default="f16", help="f16 (default), q8_0, bf16 or f32")
     p.add_argument("--output", dest="export_output", help="folder to write (default: TARGET/gguf)")
-    p.add_argument("--adapter-only", action="store_true",
-                   help="the base model and the LoRA adapter as separate GGUFs (llama.cpp --lora)")
-    p.add_argument("--no-check", action="store_true", help="skip running the GGUF against the model")
+    _common(p, "outtype", "adapter_only", "no_check")
     p.set_defaults(func=cmd_export)
 
+
+def _experiment_commands(sub) -> None:
     p = sub.add_parser("sweep", help="grid of runs, selected on a held-out slice of the training data")
     _common(p, "model", "data", "max_steps", "max_train_examples")
     p.add_argument("--grid", required=True, help="YAML mapping config fields to value lists")
@@ -237,11 +254,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="HTML + Markdown report (curves, ROUGE, lengths, best/worst examples)")
     p.add_argument("runs", nargs="+", help="run folders")
-    p.add_argument("--output", dest="report_output", default="report.html")
+    _common(p, "report_output")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("config", help="list every config field with its default and meaning")
     p.set_defaults(func=cmd_config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="convsum", description="Fine-tune a causal LM with LoRA to summarize conversations.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    _run_commands(sub)
+    _ship_commands(sub)
+    _experiment_commands(sub)
     return ap
 
 

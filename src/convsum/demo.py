@@ -73,7 +73,7 @@ def main(cfg: Config | None = None, data: str | None = None, output: str = "runs
     cfg.train.output_dir = str(run.path)
     print(f"convsum demo: model {cfg.model.name}, {len(held_out)} held-out dialogues, data {cfg.data.source}")
 
-    from convsum.generate import load_summarizer
+    from convsum.inference import load_summarizer
 
     print("\n[1/3] base model on the held-out dialogues")
     base_eval, tuned_eval = run.eval_dir(HELD_OUT, base=True), run.eval_dir(HELD_OUT)

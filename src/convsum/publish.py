@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from convsum.card import BUNDLED_HUB_ID, card_inputs, model_card
-from convsum.config import BUNDLED_MODEL
+from convsum.config import BUNDLED_MODEL, Config, load_config
 from convsum.errors import ConvsumError, first_line
-from convsum.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunDir, is_run
+from convsum.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Kind, RunDir, is_run
 
 
 def stage_upload(folder: Path, out: Path, repo_id: str = "PATH_OR_REPO_ID") -> str:
@@ -26,17 +27,17 @@ def stage_upload(folder: Path, out: Path, repo_id: str = "PATH_OR_REPO_ID") -> s
     kind = card.kind
     src = folder
     if is_run(folder):
-        src = RunDir(folder).model if kind == "full" else RunDir(folder).adapter
-    needed = {"adapter": (ADAPTER_WEIGHTS, ADAPTER_CONFIG), "gguf": (card.info.get("gguf", "model.gguf"),)}.get(
-        kind, ("config.json",))
+        src = RunDir(folder).model if kind == Kind.FULL else RunDir(folder).adapter
+    needed = {Kind.ADAPTER.value: (ADAPTER_WEIGHTS, ADAPTER_CONFIG),
+              Kind.GGUF.value: (card.info.get("gguf", "model.gguf"),)}.get(kind, ("config.json",))
     for name in needed:
         if not (src / name).is_file():
             raise ConvsumError(f"{folder}: {(src / name).relative_to(folder)} missing "
-                               f"({'no trained adapter yet?' if kind == 'adapter' else 'incomplete model folder'})")
+                               f"({'no trained adapter yet?' if kind == Kind.ADAPTER else 'incomplete model folder'})")
     for p in src.iterdir():
         if p.is_file() and p.name != "README.md":
             shutil.copy2(p, out / p.name)
-    if kind == "adapter" and card.info["base_model"] == BUNDLED_MODEL:
+    if kind == Kind.ADAPTER and card.info["base_model"] == BUNDLED_MODEL:
         # peft's `base_model_name_or_path` must be loadable by others: point it at the Hub base.
         acfg = json.loads((out / ADAPTER_CONFIG).read_text())
         acfg["base_model_name_or_path"] = BUNDLED_HUB_ID
@@ -45,15 +46,26 @@ def stage_upload(folder: Path, out: Path, repo_id: str = "PATH_OR_REPO_ID") -> s
     return kind
 
 
-def main(folder: str, repo_id: str, private: bool = False, revision: str | None = None, dry_run: bool = False) -> str:
-    from huggingface_hub import HfApi, get_token
-    from huggingface_hub.errors import HfHubHTTPError
-
+def main(folder: str, repo_id: str | None = None, private: bool | None = None, revision: str | None = None,
+         dry_run: bool = False, cfg: Config | None = None) -> str:
+    """Upload `folder` as `cfg.publish` says (keyword arguments, where given, win)."""
+    given = {"repo_id": repo_id, "private": private, "revision": revision}
+    pc = replace((cfg or load_config()).publish, **{k: v for k, v in given.items() if v is not None})
+    repo_id, private, revision = pc.repo_id, pc.private, pc.revision
     src = Path(folder)
     if not src.is_dir():
         raise ConvsumError(f"{folder}: no such folder")
+    if not repo_id:
+        raise ConvsumError("--repo-id (publish.repo_id) is required: OWNER/NAME of the Hub repository")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ConvsumError(f"--repo-id {repo_id!r}: expected OWNER/NAME")
+    return _upload(src, folder, repo_id, private, revision, dry_run)
+
+
+def _upload(src: Path, folder: str, repo_id: str, private: bool, revision: str | None, dry_run: bool) -> str:
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
     with tempfile.TemporaryDirectory(prefix="convsum-push-") as tmp:
         staging = Path(tmp)
         kind = stage_upload(src, staging, repo_id)

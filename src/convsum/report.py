@@ -1,6 +1,6 @@
 """Report stage: one self-contained HTML file (plus a Markdown twin) comparing runs.
 
-    convsum report runs/r1 runs/r2 --output report.html
+    convsum report runs/r1 runs/r2 --output report.html [--set report.examples=5]
 
 Loss and learning-rate curves from the run log, ROUGE bars for base vs each run (per reference and
 mean), summary lengths against the references, and the best and worst examples by ROUGE-L with
@@ -16,6 +16,7 @@ import io
 from pathlib import Path
 
 from convsum import metrics
+from convsum.config import Config, load_config
 from convsum.errors import ConvsumError
 from convsum.io import atomic_write_text, read_json
 from convsum.rundir import HELD_OUT, RunDir
@@ -155,11 +156,12 @@ def ranked_examples(run: dict, n: int = 3) -> tuple[list[dict], list[dict]]:
     return pick(scored[:n]), pick(scored[-n:][::-1])
 
 
-def main(run_dirs: list[str], output: str = "report.html") -> Path:
+def main(run_dirs: list[str], output: str | None = None, cfg: Config | None = None) -> Path:
+    rc = (cfg or load_config()).report
     if not run_dirs:
         raise ConvsumError("give at least one RUN_DIR")
     runs = [load_run(Path(r)) for r in run_dirs]
-    out = Path(output)
+    out = Path(output or rc.output)
     assets = out.with_name(out.stem + "_files")
     assets.mkdir(parents=True, exist_ok=True)
     images = {"curves": plot_curves(runs), "scaling": plot_scaling(runs), "rouge": plot_rouge(runs),
@@ -167,14 +169,26 @@ def main(run_dirs: list[str], output: str = "report.html") -> Path:
     for k, v in images.items():
         if v:
             (assets / f"{k}.png").write_bytes(v)
-
     h = ["<!doctype html><html><head><meta charset='utf-8'><title>convsum report</title><style>"
          "body{font:14px/1.45 system-ui,sans-serif;max-width:1200px;margin:2rem auto;padding:0 1rem}"
          "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.3rem .5rem;vertical-align:top}"
          "pre{white-space:pre-wrap;margin:0;font-size:12px}img{max-width:100%}</style></head><body>",
          "<h1>convsum report</h1>", f"<p>Runs: {', '.join(html.escape(r['name']) for r in runs)}</p>"]
     md = ["# convsum report", "", "Runs: " + ", ".join(r["name"] for r in runs), ""]
+    _training_table(runs, h, md)
+    _images(images, assets, h, md)
+    _rouge_table(runs, h, md)
+    for r in runs:
+        if r["predictions"]:
+            _examples(r, rc.examples, h, md)
+    h.append("</body></html>")
+    atomic_write_text(out, "\n".join(h))
+    atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
+    print(f"convsum: wrote {out} and {out.with_suffix('.md')} (+ {assets}/)")
+    return out
 
+
+def _training_table(runs: list[dict], h: list[str], md: list[str]) -> None:
     h.append("<h2>Training</h2><table><tr><th>run</th><th>steps</th><th>train loss</th><th>held-out loss</th>"
              "<th>minutes</th><th>tokens/s</th></tr>")
     md += ["## Training", "", "| run | steps | train loss | held-out loss | minutes | tokens/s |", "|---|---|---|---|---|---|"]
@@ -185,47 +199,49 @@ def main(run_dirs: list[str], output: str = "report.html") -> Path:
         h.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
         md.append("| " + " | ".join(map(str, cells)) + " |")
     h.append("</table>")
+
+
+def _images(images: dict, assets: Path, h: list[str], md: list[str]) -> None:
     for key, title in (("curves", "Loss and learning rate"), ("scaling", "Held-out ROUGE-L vs data and time"),
                        ("rouge", "ROUGE"), ("lengths", "Summary lengths")):
         if images[key]:
             h.append(f"<h2>{title}</h2><img alt='{key}' src='data:image/png;base64,"
                      f"{base64.b64encode(images[key]).decode()}'>")
             md += [f"## {title}", "", f"![{key}]({assets.name}/{key}.png)", ""]
+
+
+def _rouge_table(runs: list[dict], h: list[str], md: list[str]) -> None:
     table_rows = {}
     for r in runs:
         if r["base_metrics"] and "base" not in table_rows:
             table_rows["base"] = r["base_metrics"]
         if r["metrics"]:
             table_rows[r["name"]] = r["metrics"]
-    if table_rows:
-        t = metrics.format_table(table_rows, refs=metrics.table_refs(table_rows))
-        t += "\n\nmean summary length (words), predicted vs references:\n" + "\n".join(
-            f"  {name}: {m['gen_length_words']:.1f} vs {m['ref_length_words']:.1f}"
-            for name, m in table_rows.items() if "ref_length_words" in m)
-        h.append(f"<pre>{html.escape(t)}</pre>")
-        md += ["```", t, "```", ""]
-    for r in runs:
-        if not r["predictions"]:
-            continue
-        best, worst = ranked_examples(r)
-        for label, rows in (("best", best), ("worst", worst)):
-            h.append(f"<h2>{html.escape(r['name'])}: {label} examples by ROUGE-L</h2><table>"
-                     "<tr><th>dialogue</th><th>references</th><th>prediction</th><th>RL</th></tr>")
-            md += [f"## {r['name']}: {label} examples by ROUGE-L", "", "| dialogue | references | prediction | RL |",
-                   "|---|---|---|---|"]
-            for p in rows:
-                refs = "\n".join(f"{k}: {v}" for k, v in p["references"].items())
-                h.append(f"<tr><td><pre>{html.escape(p['dialogue'])}</pre></td><td><pre>{html.escape(refs)}</pre></td>"
-                         f"<td>{html.escape(p['prediction'])}</td><td>{p['score']:.1f}</td></tr>")
-                cell = lambda s: s.replace("|", "\\|").replace("\n", "<br>")  # noqa: E731
-                md.append(f"| {cell(p['dialogue'][:600])} | {cell(refs)} | {cell(p['prediction'])} | {p['score']:.1f} |")
-            h.append("</table>")
-            md.append("")
-    h.append("</body></html>")
-    atomic_write_text(out, "\n".join(h))
-    atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
-    print(f"convsum: wrote {out} and {out.with_suffix('.md')} (+ {assets}/)")
-    return out
+    if not table_rows:
+        return
+    t = metrics.format_table(table_rows, refs=metrics.table_refs(table_rows))
+    t += "\n\nmean summary length (words), predicted vs references:\n" + "\n".join(
+        f"  {name}: {m['gen_length_words']:.1f} vs {m['ref_length_words']:.1f}"
+        for name, m in table_rows.items() if "ref_length_words" in m)
+    h.append(f"<pre>{html.escape(t)}</pre>")
+    md += ["```", t, "```", ""]
+
+
+def _examples(r: dict, n: int, h: list[str], md: list[str]) -> None:
+    best, worst = ranked_examples(r, n)
+    cell = lambda s: s.replace("|", "\\|").replace("\n", "<br>")  # noqa: E731
+    for label, rows in (("best", best), ("worst", worst)):
+        h.append(f"<h2>{html.escape(r['name'])}: {label} examples by ROUGE-L</h2><table>"
+                 "<tr><th>dialogue</th><th>references</th><th>prediction</th><th>RL</th></tr>")
+        md += [f"## {r['name']}: {label} examples by ROUGE-L", "", "| dialogue | references | prediction | RL |",
+               "|---|---|---|---|"]
+        for p in rows:
+            refs = "\n".join(f"{k}: {v}" for k, v in p["references"].items())
+            h.append(f"<tr><td><pre>{html.escape(p['dialogue'])}</pre></td><td><pre>{html.escape(refs)}</pre></td>"
+                     f"<td>{html.escape(p['prediction'])}</td><td>{p['score']:.1f}</td></tr>")
+            md.append(f"| {cell(p['dialogue'][:600])} | {cell(refs)} | {cell(p['prediction'])} | {p['score']:.1f} |")
+        h.append("</table>")
+        md.append("")
 
 
 def _f(x, digits: int = 4) -> str:

@@ -1,6 +1,7 @@
-"""Run folders: what each stage writes so the next stage can read it instead of asking for flags again.
+"""Artifacts: the folders convsum writes, and the one place that says what a folder is (`kind_of`).
 
-This module is the only place that knows the layout; every stage goes through `RunDir`.
+Each stage writes a folder the next stage reads instead of asking for flags again; stages find
+their parts through `RunDir`, `EvalDir`, `kind_of` and `gguf_folder`, never by path strings.
 
     RUN/config.yaml          resolved config (default < YAML < CLI)
     RUN/run.json             base model id + revision/hash, prompt template, data split used
@@ -11,8 +12,10 @@ This module is the only place that knows the layout; every stage goes through `R
     RUN/train_summary.json   totals at the end of training
     RUN/eval-<split>[-first<N>][-base]/   predictions.jsonl + metrics.json from `convsum evaluate`
 
-A merged model folder (`convsum merge`) carries the same convsum.json, so every stage that takes a
-run folder also takes a merged folder; its evaluations land in the same eval-* folders inside it.
+A model folder (RUN/adapter, RUN/model, a merged folder, a GGUF export) carries convsum.json: its
+`Kind`, base model, prompt, decoding settings and provenance/check results; its settings are in the
+config.yaml beside it (the one source of a folder's settings). So every stage that takes a run
+folder also takes a merged folder; its evaluations land in the same eval-* folders inside it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +31,27 @@ from convsum.config import Config, load_config
 from convsum.errors import ConvsumError
 from convsum.io import atomic_write_json, read_json
 
-MODEL_INFO = "convsum.json"
+MODEL_INFO = "convsum.json"  # beside every model folder convsum writes, GGUF exports included
+GGUF_INFO = MODEL_INFO
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 HELD_OUT = "held-out"  # the split name of the slice carved from the training split
 _EVAL = re.compile(r"^eval-(?P<split>[a-z]+)(?:-first(?P<limit>\d+))?(?P<base>-base)?$")
+
+
+class Kind(str, Enum):
+    """What a folder holds. The value is what convsum.json's `kind` says."""
+
+    RUN = "run"  # a training run folder (config.yaml, run.json, adapter/ or model/)
+    ADAPTER = "adapter"  # a LoRA adapter (needs its base)
+    MERGED = "merged"  # base + adapter merged: a standalone model
+    FULL = "full"  # a fully fine-tuned standalone model
+    GGUF = "gguf"  # a GGUF export for llama.cpp
+
+    @property
+    def standalone(self) -> bool:
+        """Loads by itself with transformers (no base model needed)."""
+        return self in (Kind.MERGED, Kind.FULL)
 
 
 @dataclass(frozen=True)
@@ -102,6 +122,9 @@ class RunDir:
             raise ConvsumError(f"{self.path}: not a convsum run folder (no {self.info.name})")
         return load_config(self.config), read_json(self.info)
 
+    def read_config(self) -> Config:
+        return load_config(self.config)
+
     def read_summary(self) -> dict[str, Any]:
         return read_json(self.summary) if self.is_finished() else {}
 
@@ -151,14 +174,45 @@ def is_run(path: str | Path) -> bool:
 
 
 def is_convsum_model(path: str | Path) -> bool:
-    """A merged folder or an adapter folder written by convsum."""
+    """A model folder written by convsum (adapter, merged, full or GGUF export)."""
     return (Path(path) / MODEL_INFO).is_file()
 
 
-def write_model_info(folder: Path, cfg: Config, base_revision: str | None, kind: str, extra: dict | None = None) -> None:
+def kind_of(path: str | Path) -> Kind | None:
+    """What `path` is: a run folder, a model folder convsum wrote (its convsum.json says which), a .gguf
+    file of an export (GGUF), or None (a plain model id or folder)."""
+    p = Path(path)
+    if p.suffix == ".gguf":
+        return Kind.GGUF  # gguf_folder says, in one line, when its convsum.json is missing
+    if is_run(p):
+        return Kind.RUN
+    if is_convsum_model(p):
+        kind = read_model_info(p).get("kind")
+        try:
+            return Kind(kind)
+        except ValueError:
+            raise ConvsumError(f"{p / MODEL_INFO}: unknown kind {kind!r} (expected one of "
+                               f"{', '.join(k.value for k in Kind if k is not Kind.RUN)})") from None
+    return None
+
+
+def gguf_folder(target: str | Path) -> Path:
+    """The export folder for a .gguf file, an export folder, or a run / merged folder holding gguf/."""
+    p = Path(target)
+    for folder in (p.parent if p.suffix == ".gguf" else p, p / "gguf"):
+        if (folder / MODEL_INFO).is_file() and read_model_info(folder).get("kind") == Kind.GGUF:
+            return folder
+    if p.suffix == ".gguf":
+        raise ConvsumError(f"{target}: no {MODEL_INFO} beside it (the prompt template travels there); export with "
+                           "convsum export RUN --format gguf")
+    raise ConvsumError(f"{target}: no GGUF export found (looked for {p / 'gguf'}); run: convsum export {target} "
+                       "--format gguf")
+
+
+def write_model_info(folder: Path, cfg: Config, base_revision: str | None, kind: Kind, extra: dict | None = None) -> None:
     """convsum.json beside an adapter or merged model: enough to use it without the run folder."""
     atomic_write_json(folder / MODEL_INFO, {
-        "kind": kind,
+        "kind": Kind(kind).value,
         "base_model": cfg.model.name,
         "base_revision": base_revision,
         "prompt_template": cfg.prompt.template,
@@ -170,3 +224,20 @@ def write_model_info(folder: Path, cfg: Config, base_revision: str | None, kind:
 
 def read_model_info(folder: str | Path) -> dict[str, Any]:
     return read_json(Path(folder) / MODEL_INFO)
+
+
+def write_model_folder(out: Path, model, tokenizer, cfg: Config, base_revision: str | None, kind: Kind,
+                       extra: dict | None = None) -> None:
+    """A standalone model in `out` (a staging folder the caller renames into place): safetensors weights,
+    tokenizer (left padding), generation config with the template's stop tokens, config.yaml (its
+    settings) and convsum.json (kind, base, provenance)."""
+    from convsum.config import save_config
+    from convsum.prompt import PromptFormatter
+
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(out)
+    stop = PromptFormatter(tokenizer, cfg.prompt.template, cfg.prompt.format).stop_ids
+    cfg.generate.generation_config(tokenizer, stop).save_pretrained(out)
+    save_config(cfg, RunDir(out).config)  # so a stage given this folder starts from the run's settings
+    write_model_info(out, cfg, base_revision, kind, extra)

@@ -112,16 +112,88 @@ def _request_model():
     return SummarizeRequest
 
 
+class RequestError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def plan_request(req, summarizers: dict, scfg: ServeConfig):
+    """(summarizer, decoding settings, prompt ids, truncated count) for a request, checked against the
+    server's limits before anything is queued; a RequestError (422) names the field that is wrong."""
+    name = req.model or ("fine-tuned" if "fine-tuned" in summarizers else "base")
+    if (req.dialogue is None) == (req.dialogues is None):
+        raise RequestError(422, "give exactly one of 'dialogue' or 'dialogues'")
+    dialogues = [req.dialogue] if req.dialogue is not None else req.dialogues
+    if not dialogues:
+        raise RequestError(422, "dialogues: empty list")
+    if len(dialogues) > scfg.max_dialogues_per_request:
+        raise RequestError(422, f"dialogues: {len(dialogues)} is over the limit of {scfg.max_dialogues_per_request} "
+                                "per request")
+    if name not in summarizers:
+        raise RequestError(422, f"model: {name!r} is not loaded (available: {', '.join(summarizers)})")
+    s = summarizers[name]
+    strategy = req.strategy or ("beam" if (req.num_beams or 1) > 1 else s.gen.strategy)
+    try:
+        gen = s.gen.with_overrides(max_new_tokens=req.max_new_tokens, strategy=strategy, mbr_samples=req.mbr_samples,
+                                   num_beams=req.num_beams or (s.gen.num_beams if strategy == "beam" else 1))
+    except ConvsumError as e:
+        raise RequestError(422, str(e).replace("generate.", "")) from None
+    for field_name, limit in (("max_new_tokens", scfg.max_new_tokens_limit), ("num_beams", scfg.max_num_beams),
+                              ("mbr_samples", scfg.max_mbr_samples)):
+        if getattr(gen, field_name) > limit and (field_name != "mbr_samples" or strategy == "mbr"):
+            raise RequestError(422, f"{field_name}: {getattr(gen, field_name)} is over the limit of {limit}")
+    if strategy == "beam" and not s.supports_beam:
+        raise RequestError(422, "strategy: beam is not available with the llama.cpp engine (use greedy or mbr)")
+    prompts, truncated = [], 0
+    for i, d in enumerate(dialogues):
+        if not d.strip():
+            raise RequestError(422, f"dialogues[{i}]: empty dialogue")
+        ids = s.fmt.dialogue_ids(d)  # tokenized once: counted here, then put in the prompt
+        if len(ids) > scfg.max_dialogue_tokens:
+            raise RequestError(422, f"dialogues[{i}]: {len(ids)} tokens is over the limit of {scfg.max_dialogue_tokens}")
+        prompt, cut = s.fmt.prompt_ids(ids, s.gen.max_input_tokens)
+        prompts.append(prompt)
+        truncated += cut
+    return name, s, gen, prompts, truncated
+
+
+def _error(status: int, message: str, headers: dict | None = None):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _guard(app, scfg: ServeConfig) -> None:
+    """Size limit on bodies (chunked ones too) and validation errors as one-line JSON."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > scfg.max_body_bytes:
+            return _error(413, f"request body of {length} bytes is over the limit of {scfg.max_body_bytes}")
+        if request.method == "POST":
+            body = await request.body()  # also catches chunked bodies without a content-length
+            if len(body) > scfg.max_body_bytes:
+                return _error(413, f"request body is over the limit of {scfg.max_body_bytes} bytes")
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", []) if x != "body")
+        return _error(422, f"{where or 'body'}: {first.get('msg', 'invalid request')}")
+
+
 def create_app(summarizers: dict, cfg: Config, metrics: dict | None = None):
     """`summarizers`: {"fine-tuned": Summarizer, optionally "base": Summarizer}."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi import FastAPI
 
     scfg = cfg.serve
-    primary = summarizers.get("fine-tuned") or next(iter(summarizers.values()))
     batcher = Batcher(summarizers, scfg)
 
     @asynccontextmanager
@@ -133,26 +205,42 @@ def create_app(summarizers: dict, cfg: Config, metrics: dict | None = None):
     app = FastAPI(title="convsum", version="0.1.0", lifespan=lifespan,
                   description="Summarize conversations with a LoRA fine-tuned causal LM.")
     app.state.batcher = batcher
+    _guard(app, scfg)
+    SummarizeRequest = _request_model()
 
-    def error(status: int, message: str, headers: dict | None = None):
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    async def summarize(req):
+        t0 = time.perf_counter()
+        try:
+            name, s, gen, prompts, truncated = plan_request(req, summarizers, scfg)
+        except RequestError as e:
+            return _error(e.status, str(e))
+        loop = asyncio.get_running_loop()
+        settings = tuple((k, v) for k, v in {**gen.settings(), "num_beams": gen.num_beams}.items()
+                         if k != "max_input_tokens")
+        jobs = [Job(p, settings, loop.create_future(), name) for p in prompts]
+        try:
+            batcher.submit(jobs)
+        except QueueFull:
+            return _error(503, "server busy: queue full, retry shortly", {"Retry-After": "1"})
+        try:
+            outs = await asyncio.gather(*(j.future for j in jobs))
+        except Exception as e:
+            return _error(500, f"generation failed: {type(e).__name__}")
+        return {"summaries": [s.decode(ids) for ids in outs], "model": name,
+                "usage": {"prompt_tokens": sum(map(len, prompts)), "completion_tokens": sum(map(len, outs))},
+                "truncated": truncated,  # dialogues cut at the end to fit generate.max_input_tokens
+                "latency_ms": round(1000 * (time.perf_counter() - t0), 1)}
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > scfg.max_body_bytes:
-            return error(413, f"request body of {length} bytes is over the limit of {scfg.max_body_bytes}")
-        if request.method == "POST":
-            body = await request.body()  # also catches chunked bodies without a content-length
-            if len(body) > scfg.max_body_bytes:
-                return error(413, f"request body is over the limit of {scfg.max_body_bytes} bytes")
-        return await call_next(request)
+    summarize.__annotations__ = {"req": SummarizeRequest}  # FastAPI needs the class, not PEP 563's string
+    app.post("/v1/summarize")(summarize)
+    _read_routes(app, summarizers, scfg, batcher, metrics)
+    return app
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request, exc):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", []) if x != "body")
-        return error(422, f"{where or 'body'}: {first.get('msg', 'invalid request')}")
+
+def _read_routes(app, summarizers: dict, scfg: ServeConfig, batcher: Batcher, metrics: dict | None) -> None:
+    from fastapi.responses import HTMLResponse
+
+    primary = summarizers.get("fine-tuned") or next(iter(summarizers.values()))
 
     @app.get("/health")
     async def health():
@@ -168,63 +256,6 @@ def create_app(summarizers: dict, cfg: Config, metrics: dict | None = None):
                                                          "max_num_beams", "max_mbr_samples", "max_batch",
                                                          "max_queue")}}
 
-    SummarizeRequest = _request_model()
-
-    async def summarize(req):
-        t0 = time.perf_counter()
-        req.model = req.model or ("fine-tuned" if "fine-tuned" in summarizers else "base")
-        if (req.dialogue is None) == (req.dialogues is None):
-            return error(422, "give exactly one of 'dialogue' or 'dialogues'")
-        dialogues = [req.dialogue] if req.dialogue is not None else req.dialogues
-        if not dialogues:
-            return error(422, "dialogues: empty list")
-        if len(dialogues) > scfg.max_dialogues_per_request:
-            return error(422, f"dialogues: {len(dialogues)} is over the limit of {scfg.max_dialogues_per_request} per request")
-        if req.model not in summarizers:
-            return error(422, f"model: {req.model!r} is not loaded (available: {', '.join(summarizers)})")
-        s = summarizers[req.model]
-        strategy = req.strategy or ("beam" if (req.num_beams or 1) > 1 else s.gen.strategy)
-        try:
-            gen = s.gen.with_overrides(max_new_tokens=req.max_new_tokens, strategy=strategy, mbr_samples=req.mbr_samples,
-                                       num_beams=req.num_beams or (s.gen.num_beams if strategy == "beam" else 1))
-        except ConvsumError as e:
-            return error(422, str(e).replace("generate.", ""))
-        for name, limit in (("max_new_tokens", scfg.max_new_tokens_limit), ("num_beams", scfg.max_num_beams),
-                            ("mbr_samples", scfg.max_mbr_samples)):
-            if getattr(gen, name) > limit and (name != "mbr_samples" or strategy == "mbr"):
-                return error(422, f"{name}: {getattr(gen, name)} is over the limit of {limit}")
-        if strategy == "beam" and not s.supports_beam:
-            return error(422, "strategy: beam is not available with the llama.cpp engine (use greedy or mbr)")
-        prompts, truncated = [], 0
-        for i, d in enumerate(dialogues):
-            if not d.strip():
-                return error(422, f"dialogues[{i}]: empty dialogue")
-            n = len(s.tokenizer(d, add_special_tokens=False)["input_ids"])
-            if n > scfg.max_dialogue_tokens:
-                return error(422, f"dialogues[{i}]: {n} tokens is over the limit of {scfg.max_dialogue_tokens}")
-            ids, cut = s.fmt.prompt_ids(d.strip(), s.gen.max_input_tokens)
-            prompts.append(ids)
-            truncated += cut
-        loop = asyncio.get_running_loop()
-        settings = tuple((k, v) for k, v in {**gen.settings(), "num_beams": gen.num_beams}.items()
-                         if k != "max_input_tokens")
-        jobs = [Job(p, settings, loop.create_future(), req.model) for p in prompts]
-        try:
-            batcher.submit(jobs)
-        except QueueFull:
-            return error(503, "server busy: queue full, retry shortly", {"Retry-After": "1"})
-        try:
-            outs = await asyncio.gather(*(j.future for j in jobs))
-        except Exception as e:
-            return error(500, f"generation failed: {type(e).__name__}")
-        return {"summaries": [s.decode(ids) for ids in outs], "model": req.model,
-                "usage": {"prompt_tokens": sum(map(len, prompts)), "completion_tokens": sum(map(len, outs))},
-                "truncated": truncated,  # dialogues cut at the end to fit generate.max_input_tokens
-                "latency_ms": round(1000 * (time.perf_counter() - t0), 1)}
-
-    summarize.__annotations__ = {"req": SummarizeRequest}  # a real class, not a string (PEP 563)
-    app.post("/v1/summarize")(summarize)
-
     @app.get("/", response_class=HTMLResponse)
     async def page():
         return (resources.files("convsum") / "static" / "index.html").read_text(encoding="utf-8")
@@ -237,13 +268,11 @@ def create_app(summarizers: dict, cfg: Config, metrics: dict | None = None):
         rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()[:6]]
         return {"examples": [{"title": r.get("topic", r["fname"]), "dialogue": r["dialogue"]} for r in rows]}
 
-    return app
-
 
 def main(cfg: Config, target: str | None, compare_base: bool = False) -> None:
     import uvicorn
 
-    from convsum.generate import load_summarizer
+    from convsum.inference import load_summarizer
 
     if target is None:
         raise ConvsumError("give a MODEL to serve: a run folder, a merged model folder or a model id")

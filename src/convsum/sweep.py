@@ -63,7 +63,7 @@ def _slug(v: Any) -> str:
 
 def run_one(cfg: Config, run_dir: Path) -> dict:
     from convsum.evaluate import evaluate_model
-    from convsum.generate import load_summarizer
+    from convsum.inference import load_summarizer
 
     cfg.train.output_dir = str(run_dir)
     run = RunDir(run_dir)
