@@ -84,8 +84,8 @@ def test_cli_flag_type_error_names_the_flag(capsys):
         load_config(None, {"train.max_steps": "ten"})
     from convsum import cli
 
-    assert cli.main(["train", "--max-steps", "ten"]) == 2
-    assert "--max-steps (train.max_steps): input should be a valid integer" in capsys.readouterr().err
+    assert cli.main(["summarize", "--base", "--engine", "vllm"]) == 2
+    assert "--engine (generate.engine): input should be 'transformers' or 'llamacpp'" in capsys.readouterr().err
     assert cli.main(["merge", "r", "--output", "o", "--dtype", "float8"]) == 2
     err = capsys.readouterr().err
     assert "--dtype (merge.dtype)" in err and "float8" in err and err.count("\n") == 1
