@@ -36,7 +36,7 @@ A folder with `dialogsum.{train,dev,test}.jsonl`, a JSONL/CSV file, or a Hub dat
 validated; problems are reported with file, line and field.
 """)
 code("""
-cfg = load_config(ROOT / "configs" / "gemma3-270m.yaml", {"data.source": DATA, "train.output_dir": str(WORK / "run")})
+cfg = load_config(ROOT / "configs" / "gemma3-270m-lora.yaml", {"data.source": DATA, "train.output_dir": str(WORK / "run")})
 split = "validation" if DATA == str(SHARED) else "train"
 records = load_split(cfg.data, split)
 print(len(records), "records in", split)

@@ -1,6 +1,6 @@
 """Experiment stage: grid sweeps over config fields, selected on a held-out slice of the training data.
 
-    convsum sweep --config configs/gemma3-270m.yaml --grid configs/sweeps/lora-lr.yaml --output runs/sweep1
+    convsum sweep --config configs/gemma3-270m-lora.yaml --grid configs/sweeps/lora-lr.yaml --output runs/sweep1
 
 The grid YAML maps config fields to value lists (`lora.r: [4, 16]`). Every combination is an
 ordinary run folder under SWEEP_DIR; a re-run skips finished runs and resumes interrupted ones.
