@@ -14,10 +14,6 @@ Rows:
   left padding, the same batch size as convsum;
 - pipeline, unbatched: one dialogue per call, what a first script does;
 - convsum: `Summarizer` (length-sorted batches, the exact training prompt ids);
-- convsum-bf16-autocast: the same with `generate.bf16: true` and fp32 weights (autocast casts every weight
-  at every decode step: what convsum did before `inference.cast_for_inference`);
-- convsum-bf16: `generate.bf16: true` as `convsum summarize/evaluate` run it on a bf16 CPU: linear weights
-  cast to bf16 once (same matmul operands, so the same summaries as the autocast row);
 - llamacpp: convsum's `--engine llamacpp` on RUN/gguf (whatever type was exported), with ROUGE and agreement
   against convsum's transformers predictions.
 """
@@ -33,7 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "dialogsum"
-ROWS = ("pipeline-batched", "pipeline-unbatched", "convsum", "convsum-bf16-autocast", "convsum-bf16", "llamacpp")
+ROWS = ("pipeline-batched", "pipeline-unbatched", "convsum", "llamacpp")
 
 
 def main() -> None:
@@ -74,9 +70,6 @@ def main() -> None:
         t = time.perf_counter()
         preds = summarizer(dialogues)
         results["convsum"] = (time.perf_counter() - t, preds)
-    for name in ("convsum-bf16-autocast", "convsum-bf16"):
-        if name in rows and args.target:
-            results[name] = _bf16_row(args.target, cfg, dialogues, cast=name == "convsum-bf16")
     prompts = [summarizer.template.format(dialogue=d) for d in dialogues]
     # The baseline a user would write: the same model object and prompt text through a pipeline.
     pipe = pipeline("text-generation", model=summarizer.model, tokenizer=summarizer.tokenizer)
@@ -114,28 +107,7 @@ def main() -> None:
         ratio = f"{best_pipe / secs:.1f}x" if best_pipe else "-"
         print(f"{name:<22}{secs:>9.1f}{60 * len(preds) / secs:>15.1f}{ratio:>18}{same:>17}"
               f"{m['rouge1']:>7.2f}{m['rougeL']:>7.2f}")
-    if "convsum-bf16" in results and "convsum-bf16-autocast" in results:
-        a, b = results["convsum-bf16"][1], results["convsum-bf16-autocast"][1]
-        print(f"convsum-bf16 vs convsum-bf16-autocast: {sum(x == y for x, y in zip(a, b))}/{len(a)} summaries identical")
     print("(ROUGE: mean over the 3 references; llamacpp runs the GGUF that RUN/gguf holds, in its export type)")
-
-
-def _bf16_row(target: str, cfg, dialogues: list[str], cast: bool) -> tuple[float, list[str]]:
-    from dataclasses import replace
-
-    from convsum import inference
-
-    cfg = replace(cfg, generate=replace(cfg.generate, bf16="true"))
-    original = inference.cast_for_inference
-    if not cast:
-        inference.cast_for_inference = lambda model, bf16: 0
-    try:
-        summarizer = inference.load_summarizer(target, cfg)
-    finally:
-        inference.cast_for_inference = original
-    t = time.perf_counter()
-    preds = summarizer(dialogues)
-    return time.perf_counter() - t, preds
 
 
 if __name__ == "__main__":

@@ -159,21 +159,3 @@ def test_summaries_that_hit_the_token_cap_are_counted_as_cut_off(tiny_cfg):
     s(dialogues[:1])
     assert s.cut_off == sum(parity) + parity[0]  # the count adds up over calls; the flags are the last call's
 
-
-def test_weights_cast_once_for_inference_give_the_autocast_summaries(run, monkeypatch):
-    """cast_for_inference stores the linear weights in bf16 once instead of autocast casting them at every
-    step: the matmuls get the same operands, so the summaries must be the same token for token."""
-    import torch
-
-    from convsum import inference
-
-    cfg = load_config(Path(run) / "config.yaml", {"generate.bf16": "true", "generate.max_new_tokens": 12})
-    dialogues = [r.dialogue for r in load_split(cfg.data, "test")]
-    cast = inference.load_summarizer(run, cfg)
-    assert {p.dtype for p in cast.model.parameters()} == {torch.float32, torch.bfloat16}
-    monkeypatch.setattr(inference, "cast_for_inference", lambda model, bf16: 0)
-    plain = inference.load_summarizer(run, cfg)
-    assert {p.dtype for p in plain.model.parameters()} == {torch.float32}
-    assert [cast.generate_ids([cast.encode(d)])[0] for d in dialogues] == \
-        [plain.generate_ids([plain.encode(d)])[0] for d in dialogues]
-    assert cast(dialogues) == plain(dialogues)

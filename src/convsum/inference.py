@@ -174,26 +174,8 @@ def load_summarizer(target: str | None, cfg: Config, base: bool = False) -> Summ
         if not spec.model.load_in_4bit:
             # Folding LoRA into the weights makes generation exactly as fast as the base model.
             model = model.merge_and_unload()
-    cast_for_inference(model, cfg.generate.bf16)
     return Summarizer(model, tokenizer, spec.template, cfg.generate, spec.name,
                       {**spec.info, "base_path": resolve(spec.model)[0]}, spec.prompt_format)
-
-
-def cast_for_inference(model, bf16: str) -> int:
-    """With bf16 autocast on a CPU, store the fp32 linear weights in bf16 once: autocast would otherwise
-    cast every one of them again on every decode step (1.6 GB of memory traffic per step for Gemma 3
-    270M, its 262k-token head included). The matmuls see the same bf16 operands, so the summaries are
-    the same (tests/test_decoding.py); norms, embeddings and softmax stay fp32. Returns the weights cast."""
-    import torch
-
-    from convsum.fastpath import cast_frozen_linears
-    from convsum.modeling import bf16_enabled
-
-    device = next(model.parameters()).device
-    if device.type != "cpu" or not bf16_enabled(bf16) or next(model.parameters()).dtype != torch.float32:
-        return 0
-    model.requires_grad_(False)  # an inference-only model: nothing trains it
-    return cast_frozen_linears(model)
 
 
 def load_gguf_summarizer(target: str | Path, cfg: Config, exact: bool = False):
