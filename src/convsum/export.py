@@ -53,8 +53,11 @@ def main(target: str, outtype: str | None = None, output: str | None = None, ada
         tmp = Path(tmp_name)
         src, info, run = _source(target, tmp, ex.adapter_only)
         settings = _settings(run, src, info)
-        model_cfg = deepcopy(settings)  # the reference generates greedily with transformers, whatever the run uses
-        model_cfg.generate = replace(model_cfg.generate, strategy="greedy", num_beams=1, engine="transformers")
+        # The reference: the model itself, greedy, in fp32 (bf16 autocast would make it differ from an f32 GGUF
+        # on bf16 CPUs), whatever the run decodes with.
+        model_cfg = deepcopy(settings)
+        model_cfg.generate = replace(model_cfg.generate, strategy="greedy", num_beams=1, engine="transformers",
+                                     bf16="false")
         reference = load_summarizer(str(run.path if ex.adapter_only else src), model_cfg)
         base_dir = Path(resolve(model_cfg.model)[0])
         with atomic_dir(out) as staging:
