@@ -202,6 +202,41 @@ def test_tokens_per_second_counts_every_real_training_token(tiny_cfg, monkeypatc
     assert all(r["tokens_per_s"] > 0 for r in RunDir(tiny_cfg.train.output_dir).read_log() if "loss" in r)
 
 
+def test_tokens_per_second_leaves_out_evaluation_and_saving(tmp_path, monkeypatch):
+    """A window that holds an evaluation and a checkpoint save reports the training steps' own rate (the
+    pauses go to paused_s), so the first log after an evaluation is not read as a slowdown."""
+    import json
+    from types import SimpleNamespace
+
+    from convsum import training
+
+    clock = [1000.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+    log = training.RunLog(tmp_path / "log.jsonl")
+    state = SimpleNamespace(num_input_tokens_seen=0, global_step=0, epoch=0.0, is_world_process_zero=True)
+    log.on_train_begin(None, state, None)
+
+    def steps(n, seconds_each=2.0, tokens_each=100):
+        for _ in range(n):
+            clock[0] += seconds_each
+            state.global_step += 1
+            state.num_input_tokens_seen += tokens_each
+            log.on_step_end(None, state, None)
+
+    steps(5)
+    log.on_log(None, state, None, logs={"loss": 1.0})
+    clock[0] += 80.0  # held-out generation
+    log.on_evaluate(None, state, None)
+    clock[0] += 15.0  # checkpoint
+    log.on_save(None, state, None)
+    steps(5)
+    log.on_log(None, state, None, logs={"loss": 0.9})
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["tokens_per_s"] for r in rows] == [50.0, 50.0]
+    assert rows[1]["paused_s"] == 95.0 and "paused_s" not in rows[0]
+    assert log.total_paused == 95.0
+
+
 # The tiny model's training losses, pinned (measured on machine D, torch 2.13.0+cpu, fp32): every other
 # training test compares two convsum paths with each other (fast vs stock, resumed vs uninterrupted), so a
 # change that moves both (the loss normalisation, the masking, the data order, LoRA init) would pass them.

@@ -147,6 +147,8 @@ def train_summary(cfg: Config, trainer, result, elapsed: float, facts: dict, res
         "train_loss": result.training_loss, "eval_loss": kept.get("eval_loss"),
         "eval_rougeL": kept.get("eval_rougeL"), "train_runtime_s": round(elapsed, 1),
         "tokens_this_session": tokens, "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
+        # evaluation + checkpoint saving inside train_runtime_s (issue 19's "selection <= 15% of the run")
+        "eval_and_save_s": round(run_log.total_paused, 1),
         "resumed_from": resumed_from, **facts,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }

@@ -129,7 +129,8 @@ _TIMING = ("_runtime", "_per_second")  # the Trainer's eval timing keys; tokens/
 
 
 class RunLog(TrainerCallback):
-    """The run log (always written): step, loss, lr, grad norm, real (non-padding) tokens/s over all processes, eval loss.
+    """The run log (always written): step, loss, lr, grad norm, real (non-padding) training tokens/s over all
+    processes (evaluation and checkpoint saving excluded, their seconds logged as paused_s), eval loss.
 
     Tokens come from the Trainer's own count (`include_num_input_tokens_seen="non_padding"`, summed
     over processes)."""
@@ -137,10 +138,25 @@ class RunLog(TrainerCallback):
     def __init__(self, path: Path):
         self.path = path
         self.last_time, self.last_tokens, self.session_start_tokens = None, 0, 0
+        # Seconds spent evaluating and saving checkpoints: kept out of tokens/s, which then measures
+        # training alone (with them in, the window after each evaluation read as a 2x "slowdown").
+        self.step_end, self.paused, self.total_paused = None, 0.0, 0.0
 
     def on_train_begin(self, args, state, control, **kw):  # after a resumed run's state is restored
         self.last_time, self.last_tokens = time.perf_counter(), state.num_input_tokens_seen
         self.session_start_tokens = state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kw):
+        self.step_end = time.perf_counter()
+
+    def on_evaluate(self, args, state, control, **kw):  # the Trainer evaluates, then saves, after a step ends
+        now = time.perf_counter()
+        if self.step_end is not None:
+            self.paused += now - self.step_end
+            self.total_paused += now - self.step_end
+        self.step_end = now
+
+    on_save = on_evaluate
 
     def on_log(self, args, state, control, logs=None, **kw):
         if not state.is_world_process_zero or not logs:
@@ -148,10 +164,12 @@ class RunLog(TrainerCallback):
         now, tokens = time.perf_counter(), state.num_input_tokens_seen
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
         if "loss" in logs:
-            dt = now - (self.last_time or now)
+            dt = now - (self.last_time or now) - self.paused
             row.update(loss=logs["loss"], lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
                        tokens_per_s=round((tokens - self.last_tokens) / dt, 1) if dt > 0 else None)
-            self.last_time, self.last_tokens = now, tokens
+            if self.paused:
+                row["paused_s"] = round(self.paused, 1)  # evaluation + checkpoint saving in this window
+            self.last_time, self.last_tokens, self.paused = now, tokens, 0.0
         row.update({k: v for k, v in logs.items() if k.startswith("eval_") and not k.endswith(_TIMING)})
         if len(row) > 2:
             row["time"] = round(time.time(), 3)
