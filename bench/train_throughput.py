@@ -1,12 +1,13 @@
-"""Training throughput: convsum's trainer vs TRL's SFTTrainer + PEFT, same model, data and LoRA.
+"""Training throughput: convsum's trainer vs TRL's SFTTrainer (+ PEFT), same model, data and method.
 
-    python bench/train_throughput.py                       # TRL defaults, TRL tuned, convsum
+    python bench/train_throughput.py                       # TRL defaults, TRL tuned, convsum (LoRA); full FT pair
     python bench/train_throughput.py --variants all        # + every convsum ablation step
     python bench/train_throughput.py --variants trl-tuned,convsum --steps 3
 
 Each variant runs in its own process (clean peak RSS): the same bundled Gemma 3 270M, the same
-first DialogSum dev examples, LoRA r16/alpha32/dropout .05 on all linear layers, effective batch 8,
-lr 2e-4. The first `--warmup` steps are excluded; then `--steps` optimizer steps are timed. Real
+first DialogSum dev examples, effective batch 8. LoRA rows: `configs/gemma3-270m-lora.yaml` (r16/alpha32/
+dropout .05 on all linear layers, lr 2e-4). Full fine-tuning rows (`-full`): `configs/gemma3-270m.yaml`, the
+CPU recipe (every weight but the embedding / tied head, lr 5e-5), TRL given the same trainable weights. The first `--warmup` steps are excluded; then `--steps` optimizer steps are timed. Real
 tokens = non-padding tokens through the forward pass. The machine (CPU, ISA, matmul ceilings) is
 measured in the same run.
 
@@ -50,8 +51,14 @@ CONVSUM = {
     "convsum-eager": {"train.group_by_length": False},  # + eager attention for CPU training
     "convsum": {},  # + length-grouped batches: the shipped defaults
 }
-TRL = ("trl-defaults", "trl-tuned")
-HEADLINE = "trl-defaults,trl-tuned,convsum"
+CONVSUM["convsum-full"] = {}  # the CPU recipe as shipped: full fine-tuning
+TRL = ("trl-defaults", "trl-tuned", "trl-tuned-full")
+HEADLINE = "trl-defaults,trl-tuned,convsum,trl-tuned-full,convsum-full"
+LORA_YAML, FULL_YAML = ROOT / "configs" / "gemma3-270m-lora.yaml", ROOT / "configs" / "gemma3-270m.yaml"
+
+
+def is_full(variant: str) -> bool:
+    return variant.endswith("-full")
 
 
 class StepTimer:
@@ -83,10 +90,10 @@ class StepTimer:
         return CB()
 
 
-def _cfg(overrides: dict, args, out: str):
+def _cfg(overrides: dict, args, out: str, full: bool = False):
     from convsum.config import load_config
 
-    return load_config(ROOT / "configs" / "gemma3-270m.yaml", {
+    return load_config(FULL_YAML if full else LORA_YAML, {
         "data.source": str(args.data), "data.val_size": 0, "train.output_dir": out, "train.save_steps": 10_000,
         "train.max_steps": args.warmup + args.steps, "train.logging_steps": 1, "train.select_by": "last",
         "train.early_stopping_patience": 0,
@@ -94,16 +101,16 @@ def _cfg(overrides: dict, args, out: str):
         **overrides})
 
 
-def run_convsum(overrides: dict, args, out: str) -> tuple:
+def run_convsum(overrides: dict, args, out: str, full: bool) -> tuple:
     from convsum import train
-    from convsum.modeling import add_lora, bf16_enabled, load_model, load_tokenizer
+    from convsum.modeling import bf16_enabled, load_tokenizer
     from convsum.rundir import RunDir
 
-    cfg = _cfg(overrides, args, out)
+    cfg = _cfg(overrides, args, out, full)
     tok = load_tokenizer(cfg.model)
     _, train_ex, _, _ = train.prepare_examples(cfg, tok)
     torch.manual_seed(cfg.train.seed)
-    model = add_lora(load_model(cfg.model, for_training=True), cfg.lora)
+    model, _ = train.build_model(cfg)  # what `convsum train` trains: LoRA or full, per the YAML
     run = RunDir(out)
     targs = train.training_arguments(cfg, run.checkpoints, False, bf16_enabled(cfg.train.bf16))
     targs.disable_tqdm = True
@@ -130,8 +137,10 @@ def run_trl(variant: str, args, out: str) -> tuple:
 
     from convsum.data import train_and_held_out
     from convsum.modeling import bf16_enabled, load_model, load_tokenizer
+    from convsum.training import make_trainable
 
-    cfg = _cfg({}, args, out)
+    full = is_full(variant)
+    cfg = _cfg({}, args, out, full)
     tok = load_tokenizer(cfg.model)
     tok.padding_side = "right"  # what a user of TRL would have
     records = train_and_held_out(cfg).train  # the same examples convsum.prepare_examples picks
@@ -140,13 +149,15 @@ def run_trl(variant: str, args, out: str) -> tuple:
     # SFTConfig's default bf16=True is kept where the CPU has bf16; elsewhere it would be emulated (hours a
     # step), so there "TRL defaults" differs from the defaults in that one setting (the bench says so).
     native = bf16_enabled("auto")
-    options = trl_tuned_options(native) if variant == "trl-tuned" else ({} if native else {"bf16": False})
-    sft = SFTConfig(output_dir=out, learning_rate=2e-4, max_steps=args.warmup + args.steps, logging_steps=1,
+    options = trl_tuned_options(native) if variant.startswith("trl-tuned") else ({} if native else {"bf16": False})
+    if full:  # the same trainable weights as convsum's recipe: all but the embedding / tied head
+        make_trainable(model, cfg.train.freeze_embeddings)
+    sft = SFTConfig(output_dir=out, learning_rate=cfg.train.learning_rate, max_steps=args.warmup + args.steps, logging_steps=1,
                     save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
                     **options)
     peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=sft, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=peft)
+                         peft_config=None if full else peft)
     timer = StepTimer(trainer.data_collator)
     trainer.data_collator = timer
     trainer.add_callback(timer.callback())
@@ -162,7 +173,7 @@ def child(variant: str, args) -> dict:
         limit_kernel_cache()
     with tempfile.TemporaryDirectory() as out:
         timer, accum, bf16, model = run_trl(variant, args, out) if variant in TRL else \
-            run_convsum(CONVSUM[variant], args, out)
+            run_convsum(CONVSUM[variant], args, out, is_full(variant))
     w = args.warmup * accum  # batches per optimizer step = accum
     tokens = sum(timer.batch_tokens[w: w + args.steps * accum])
     labels = sum(timer.batch_labels[w: w + args.steps * accum])
@@ -172,9 +183,10 @@ def child(variant: str, args) -> dict:
     # The head is counted once, as `emb`, whether tied or (convsum's CPU fast path) a separate bf16 copy.
     body = sum(p.numel() for p in model.parameters()) - emb.numel() - (head.numel() if head is not emb else 0)
     emb = emb.numel()
-    # LoRA step on a frozen base: forward 2N + input-gradient backward 2N FLOPs per token for the body;
-    # the head is needed only on label positions (the minimum any trainer must do).
-    flops = 4 * body * tokens + 4 * emb * labels
+    # LoRA step on a frozen base: forward 2N + input-gradient backward 2N FLOPs per token for the body
+    # (full fine-tuning adds 2N for the weight gradients); the head is needed only on label positions
+    # (the minimum any trainer must do).
+    flops = (6 if is_full(variant) else 4) * body * tokens + 4 * emb * labels
     return {"variant": variant, "tokens_per_s": tokens / secs, "s_per_step": secs / args.steps, "tokens": tokens,
             "bf16": bool(bf16), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
             "useful_gflop_per_s": flops / secs / 1e9,
@@ -216,11 +228,16 @@ def main() -> None:
         results.append(json.loads(line[7:]))
         print(f"  {v}: {results[-1]['tokens_per_s']:.0f} tokens/s", flush=True)
     by_name = {r["variant"]: r for r in results}
-    baseline = by_name.get("trl-tuned") or by_name.get("trl-defaults")
+
+    def baseline_of(r):  # each row against TRL tuned with the same method
+        return by_name.get("trl-tuned-full") if is_full(r["variant"]) else \
+            (by_name.get("trl-tuned") or by_name.get("trl-defaults"))
+
     ceiling = info["bf16_gflops"] if native_bf16 else info["fp32_gflops"]
-    print(f"\n{'variant':<26}{'bf16':>5}{'s/step':>8}{'tokens/s':>10}{'vs ' + (baseline or {}).get('variant', '-'):>14}"
+    print(f"\n{'variant':<26}{'bf16':>5}{'s/step':>8}{'tokens/s':>10}{'vs TRL tuned':>14}"
           f"{'useful GFLOP/s':>16}{'% ceiling':>10}{'padding':>9}{'peak RSS GB':>12}")
     for r in results:
+        baseline = baseline_of(r)
         ratio = f"{r['tokens_per_s'] / baseline['tokens_per_s']:.1f}x" if baseline else "-"
         print(f"{r['variant']:<26}{'y' if r['bf16'] else 'n':>5}{r['s_per_step']:>8.1f}{r['tokens_per_s']:>10.0f}"
               f"{ratio:>14}{r['useful_gflop_per_s']:>16.0f}{100 * r['useful_gflop_per_s'] / ceiling:>9.0f}%"
