@@ -52,6 +52,7 @@ CONVSUM = {
     "convsum": {},  # + length-grouped batches: the shipped defaults
 }
 CONVSUM["convsum-full"] = {}  # the CPU recipe as shipped: full fine-tuning
+CONVSUM["convsum-freeze9-full"] = {"train.freeze_layers": 9}  # + the first 9 of 18 layers frozen (no backward there)
 TRL = ("trl-defaults", "trl-tuned", "trl-tuned-full")
 HEADLINE = "trl-defaults,trl-tuned,convsum,trl-tuned-full,convsum-full"
 LORA_YAML, FULL_YAML = ROOT / "configs" / "gemma3-270m-lora.yaml", ROOT / "configs" / "gemma3-270m.yaml"
@@ -151,7 +152,7 @@ def run_trl(variant: str, args, out: str) -> tuple:
     native = bf16_enabled("auto")
     options = trl_tuned_options(native) if variant.startswith("trl-tuned") else ({} if native else {"bf16": False})
     if full:  # the same trainable weights as convsum's recipe: all but the embedding / tied head
-        make_trainable(model, cfg.train.freeze_embeddings)
+        make_trainable(model, cfg.train.freeze_embeddings, cfg.train.freeze_layers)
     sft = SFTConfig(output_dir=out, learning_rate=cfg.train.learning_rate, max_steps=args.warmup + args.steps, logging_steps=1,
                     save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
                     **options)
@@ -185,8 +186,10 @@ def child(variant: str, args) -> dict:
     emb = emb.numel()
     # LoRA step on a frozen base: forward 2N + input-gradient backward 2N FLOPs per token for the body
     # (full fine-tuning adds 2N for the weight gradients); the head is needed only on label positions
-    # (the minimum any trainer must do).
-    flops = (6 if is_full(variant) else 4) * body * tokens + 4 * emb * labels
+    # (the minimum any trainer must do). Full fine-tuning with frozen lower layers: backward (4N) only
+    # through the trainable ones.
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    flops = ((2 * body + 4 * trainable) if is_full(variant) else 4 * body) * tokens + 4 * emb * labels
     return {"variant": variant, "tokens_per_s": tokens / secs, "s_per_step": secs / args.steps, "tokens": tokens,
             "bf16": bool(bf16), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
             "useful_gflop_per_s": flops / secs / 1e9,

@@ -94,9 +94,34 @@ def test_select_by_rouge_really_generates_on_the_held_out_slice(tiny_cfg, tmp_pa
     assert res["fine-tuned"]["cut_off_summaries"] == log[0]["eval_cut_off"]
 
 
+def test_frozen_layers_keep_their_weights_and_the_rest_trains(tiny_cfg, tmp_path):
+    from convsum.modeling import load_model
+
+    tiny_cfg.train.method, tiny_cfg.train.learning_rate, tiny_cfg.train.freeze_layers = "full", 1e-3, 1
+    tiny_cfg.train.output_dir = str(tmp_path / "frozen")
+    summary = train.main(tiny_cfg)
+    base = {k: v.detach() for k, v in load_model(tiny_cfg.model).state_dict().items()}
+    trained = _weights(tmp_path / "frozen")
+    layer = {i: [k for k in trained if f"layers.{i}." in k] for i in (0, 1)}
+    assert layer[0] and layer[1]
+    assert all(torch.equal(trained[k], base[k]) for k in layer[0])  # frozen: exactly the base weights
+    assert sum(not torch.equal(trained[k], base[k]) for k in layer[1]) >= 4  # trained: the projections moved
+    per_layer = sum(base[k].numel() for k in layer[0])
+    tiny_cfg.train.freeze_layers = 0
+    all_but_embeddings, total = train.trainable_parameters(train.build_model(tiny_cfg)[0])
+    assert summary["trainable_parameters"] == all_but_embeddings - per_layer and summary["total_parameters"] == total
+
+
+def test_freezing_every_layer_is_an_error(tiny_cfg):
+    tiny_cfg.train.method, tiny_cfg.train.freeze_layers = "full", 2
+    with pytest.raises(ConvsumError, match="would freeze all 2 decoder layers"):
+        train.build_model(tiny_cfg)
+
+
 @pytest.mark.parametrize("bad,msg", [
     ({"train.select_by": "rougeL", "train.save_steps": 3, "train.eval_steps": 2}, "multiple"),
     ({"train.early_stopping_patience": 2}, "needs train.select_by"),
+    ({"train.freeze_layers": -1}, "train.freeze_layers: must be >= 0"),
     ({"train.select_by": "eval_loss", "train.save_steps": 50, "data.val_size": 0}, "needs a held-out slice"),
 ])
 def test_selection_settings_are_checked(bad, msg):

@@ -215,6 +215,10 @@ def test_tokens_per_second_leaves_out_evaluation_and_saving(tmp_path, monkeypatc
     log = training.RunLog(tmp_path / "log.jsonl")
     state = SimpleNamespace(num_input_tokens_seen=0, global_step=0, epoch=0.0, is_world_process_zero=True)
     log.on_train_begin(None, state, None)
+    bar = training.Progress(log)  # the progress bar's tokens/s (since the start) leaves the pauses out too
+    bar.t0, bar.tok0 = clock[0], 0
+    bar.training_bar = SimpleNamespace(set_postfix=lambda post, refresh: shown.update(post), write=print)
+    shown = {}
 
     def steps(n, seconds_each=2.0, tokens_each=100):
         for _ in range(n):
@@ -231,6 +235,8 @@ def test_tokens_per_second_leaves_out_evaluation_and_saving(tmp_path, monkeypatc
     log.on_save(None, state, None)
     steps(5)
     log.on_log(None, state, None, logs={"loss": 0.9})
+    bar.on_log(None, state, None, logs={"loss": 0.9})
+    assert shown["tok/s"] == "50"  # 1,000 tokens in 20 s of steps, not in the 115 s that passed
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["tokens_per_s"] for r in rows] == [50.0, 50.0]
     assert rows[1]["paused_s"] == 95.0 and "paused_s" not in rows[0]

@@ -127,8 +127,10 @@ def build_model(cfg: Config):
     if cfg.train.method == "full":
         if cfg.model.load_in_4bit:
             raise ConvsumError("train.method=full cannot train 4-bit weights; set model.load_in_4bit=false")
-        return (make_trainable(model, cfg.train.freeze_embeddings),
-                "full fine-tuning" + (" (embeddings frozen)" if cfg.train.freeze_embeddings else ""))
+        frozen = [what for what, on in (("embeddings", cfg.train.freeze_embeddings),
+                                        (f"first {cfg.train.freeze_layers} layers", cfg.train.freeze_layers)) if on]
+        return (make_trainable(model, cfg.train.freeze_embeddings, cfg.train.freeze_layers),
+                "full fine-tuning" + (f" ({' and '.join(frozen)} frozen)" if frozen else ""))
     return add_lora(model, cfg.lora), f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha} on {cfg.lora.target_modules}"
 
 

@@ -28,6 +28,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import rotate_checkpoints
 
 from convsum.data import train_and_held_out
+from convsum.errors import ConvsumError
 from convsum import fastpath, metrics
 from convsum.config import Config
 from convsum.inference import Summarizer, generate_sharded
@@ -178,11 +179,12 @@ class RunLog(TrainerCallback):
 
 
 class Progress(ProgressCallback):
-    """The stock bar (steps, ETA) with loss and tokens/s in its postfix instead of printed dicts."""
+    """The stock bar (steps, ETA) with loss and tokens/s in its postfix instead of printed dicts; tokens/s
+    leaves out the evaluation and saving time that `run_log` counted, as the log does."""
 
-    def __init__(self):
+    def __init__(self, run_log: RunLog | None = None):
         super().__init__()
-        self.t0, self.tok0 = None, 0
+        self.t0, self.tok0, self.run_log = None, 0, run_log
 
     def on_train_begin(self, args, state, control, **kw):
         super().on_train_begin(args, state, control, **kw)
@@ -195,6 +197,8 @@ class Progress(ProgressCallback):
         if "loss" in logs:
             post["loss"] = f"{logs['loss']:.3f}"
         dt = time.perf_counter() - (self.t0 or time.perf_counter())
+        if self.run_log is not None:
+            dt -= self.run_log.total_paused
         if dt > 0:
             post["tok/s"] = f"{(state.num_input_tokens_seen - self.tok0) / dt:.0f}"
         if "eval_loss" in logs or "eval_rougeL" in logs:
@@ -336,7 +340,7 @@ def build_trainer(cfg: Config, model, tokenizer, train_ex: list[dict], val_ex: l
         model=model, args=args, train_dataset=Dataset.from_list(train_ex),
         eval_dataset=Dataset.from_list(val_ex) if val_ex else None,
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id, cfg.train.pad_to_multiple_of),
-        callbacks=[RunLog(log_path), stopper, ReleaseMemory()],
+        callbacks=[run_log := RunLog(log_path), stopper, ReleaseMemory()],
         summary_only_logits=cfg.train.summary_only_logits, fused_loss=cfg.train.fused_loss,
         held_out_rouge=held_out_rouge, eval_loss=cfg.train.eval_loss != "false" and (
             cfg.train.eval_loss == "true" or cfg.train.select_by != "rougeL"),
@@ -346,20 +350,37 @@ def build_trainer(cfg: Config, model, tokenizer, train_ex: list[dict], val_ex: l
 
         trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(Progress())
+    trainer.add_callback(Progress(run_log))
     return trainer, stopper
 
 
-def make_trainable(model, freeze_embeddings: bool):
-    """Full fine-tuning: every weight trains, except (optionally) the input embedding and a head tied to it."""
+def make_trainable(model, freeze_embeddings: bool, freeze_layers: int = 0):
+    """Full fine-tuning: every weight trains, except (optionally) the input embedding and a head tied to it,
+    and the first `freeze_layers` decoder layers."""
     for p in model.parameters():
         p.requires_grad_(True)
+    if freeze_layers:
+        layers = decoder_layers(model)
+        if freeze_layers >= len(layers):
+            raise ConvsumError(f"train.freeze_layers: {freeze_layers} would freeze all {len(layers)} decoder layers "
+                               f"of {model.config.name_or_path or 'the model'}; use at most {len(layers) - 1}")
+        for layer in layers[:freeze_layers]:
+            layer.requires_grad_(False)
     if freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
         head = model.get_output_embeddings()
         if head is not None:
             head.weight.requires_grad_(False)
     return model
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The model's stack of decoder layers (the ModuleList as long as config.num_hidden_layers)."""
+    n = model.config.get_text_config().num_hidden_layers
+    for module in model.get_decoder().modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise ConvsumError(f"train.freeze_layers: cannot find the {n} decoder layers of {type(model).__name__}")
 
 
 def save_full_model(model, tokenizer, cfg: Config, base_revision: str | None, folder: Path) -> None:
