@@ -265,3 +265,18 @@ def test_training_losses_match_the_pinned_reference(tiny_cfg, method):
     train.main(tiny_cfg)
     losses = [round(r["loss"], 6) for r in RunDir(tiny_cfg.train.output_dir).read_log() if "loss" in r]
     assert losses == pytest.approx(REFERENCE_LOSSES[method], rel=1e-3)
+
+
+def test_neftune_noise_reaches_the_training_forward(tiny_cfg):
+    from convsum.config import load_config
+    from convsum.rundir import RunDir
+
+    tiny_cfg.train.method, tiny_cfg.train.learning_rate, tiny_cfg.train.neftune_alpha = "full", 1e-3, 50.0
+    tiny_cfg.train.eval_steps, tiny_cfg.data.val_size = 0, 0
+    train.main(tiny_cfg)
+    losses = [r["loss"] for r in RunDir(tiny_cfg.train.output_dir).read_log() if "loss" in r]
+    # The same run without noise gives the pinned losses above; with it even the first step's loss moves.
+    assert len(losses) == len(REFERENCE_LOSSES["full"])
+    assert abs(losses[0] - REFERENCE_LOSSES["full"][0]) > 1e-3
+    with pytest.raises(ConvsumError, match="train.neftune_alpha: must be >= 0"):
+        load_config(None, {"train.neftune_alpha": -1})

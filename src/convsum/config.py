@@ -141,6 +141,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.learning_rate > 0, "train.learning_rate: must be positive"),
         (cfg.train.pad_to_multiple_of >= 1, "train.pad_to_multiple_of: must be at least 1"),
         (cfg.train.freeze_layers >= 0, "train.freeze_layers: must be >= 0"),
+        (cfg.train.neftune_alpha >= 0, "train.neftune_alpha: must be >= 0 (0 = off)"),
         (0.0 <= cfg.train.warmup_ratio < 1.0, "train.warmup_ratio: must be in [0, 1)"),
         (cfg.train.max_steps > 0 or cfg.train.epochs > 0, "train.epochs: must be positive when max_steps is -1"),
         (cfg.train.save_steps > 0 and cfg.train.logging_steps > 0, "train.save_steps and train.logging_steps: must be positive"),

@@ -116,6 +116,9 @@ class TrainConfig:
     warmup_ratio: float = _f(0.05, "Fraction of steps for linear warmup.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    neftune_alpha: float = _f(0.0, "NEFTune (transformers' neftune_noise_alpha): uniform noise of half-width "
+                              "alpha / sqrt(length x hidden) added to the input embeddings while training, never "
+                              "when generating; 0 = off.")
     seed: int = _f(42, "Seed for LoRA init, dropout, shuffling and the held-out carve.")
     bf16: Tristate = _f("auto", "bfloat16 autocast: auto (if the hardware has it), true or false. LoRA weights and "
                    "optimizer state stay fp32.")

@@ -311,6 +311,7 @@ def training_arguments(cfg: Config, ckpt_dir: Path, has_eval: bool, bf16: bool) 
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler,
         # transformers 5 deprecates `warmup_ratio`: a `warmup_steps` below 1 is read as that ratio of all steps.
         warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        neftune_noise_alpha=t.neftune_alpha or None,
         optim="adamw_torch_fused", seed=t.seed, data_seed=t.seed, bf16=bf16,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random", length_column_name="length",
         eval_strategy="steps" if eval_every else "no", eval_steps=eval_every, prediction_loss_only=True,
