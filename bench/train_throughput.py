@@ -56,6 +56,7 @@ CONVSUM["convsum-freeze9-full"] = {"train.freeze_layers": 9}  # + the first 9 of
 CONVSUM["convsum-mb4-full"] = {"train.batch_size": 4, "train.grad_accum": 2}  # same effective batch, larger matmuls
 CONVSUM["convsum-mb1-full"] = {"train.batch_size": 1, "train.grad_accum": 8}  # no padding at all
 CONVSUM["convsum-mb8-full"] = {"train.batch_size": 8, "train.grad_accum": 1}
+CONVSUM["convsum-emb-full"] = {"train.freeze_embeddings": False}  # + the embedding / tied head trains too
 CONVSUM["convsum-dora"] = {"lora.use_dora": True}  # the LoRA YAML with PEFT's DoRA (magnitude vectors)
 TRL = ("trl-defaults", "trl-tuned", "trl-tuned-full")
 HEADLINE = "trl-defaults,trl-tuned,convsum,trl-tuned-full,convsum-full"
